@@ -1,0 +1,37 @@
+# Two commands: `make run` and `make test`. Everything else is set up on the way.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint format install worker clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Stillhere needs Python 3.11 or newer; set PYTHON=python3.x")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Web server on http://127.0.0.1:8000 plus a Celery worker (with beat); Ctrl-C stops both.
+ADDRPORT ?= 127.0.0.1:8000
+run: $(STAMP)
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py serve $(ADDRPORT)
+
+## ruff, then the whole pytest suite (PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+worker: $(STAMP)
+	$(BIN)/celery -A config worker --loglevel INFO
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+
+from audience import selectors, services, snippets
+from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
+
+
+class BoundedCountPaginator(Paginator):
+    """Counts at most LIMIT rows, so a list of a million contacts never runs a full COUNT(*).
+
+    Past the limit the list still pages through the first LIMIT rows; filters and search
+    narrow it down, which is how people look for someone in a big list anyway.
+    """
+
+    LIMIT = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list[: self.LIMIT].count()
+
+
+def _evidence(request: HttpRequest) -> services.Evidence:
+    return services.Evidence(
+        method="admin",
+        ip=request.META.get("REMOTE_ADDR"),
+        user_agent=request.headers.get("User-Agent", ""),
+        actor=request.user.get_username(),
+    )
+
+
+class TagActionForm(ActionForm):
+    tag = forms.CharField(
+        required=False, label="Tag", help_text="for the tag / untag actions",
+        widget=forms.TextInput(attrs={"placeholder": "tag name", "size": 16}),
+    )  # fmt: skip
+
+
+class ConsentEventInline(admin.TabularInline):
+    model = ConsentEvent
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Consent timeline"
+    fields = ["created_at", "kind", "status_before", "status_after", "method", "ip",
+              "signup_form", "consent_text", "actor", "user_agent"]  # fmt: skip
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class TagFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request, model_admin):
+        return [(str(tag.pk), tag.name) for tag in Tag.objects.all()[:200]]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(tags__pk=self.value())
+        return queryset
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = ["email", "first_name", "last_name", "phone", "status", "source", "created_at"]
+    list_filter = [
+        "status",
+        TagFilter,
+        "source",
+        "signup_form",
+        ("created_at", admin.DateFieldListFilter),
+    ]
+    search_fields = ["email", "first_name", "last_name", "phone"]
+    search_help_text = (
+        "An address or its start (anna@, @example.com is not searched), a name, or a phone number."
+    )
+    ordering = ["-id"]
+    show_full_result_count = False
+    paginator = BoundedCountPaginator
+    list_per_page = 50
+    action_form = TagActionForm
+    actions = ["tag_selected", "untag_selected", "unsubscribe_selected"]
+    readonly_fields = ["status", "source", "signup_form", "created_at", "updated_at",
+                       "confirmed_at", "unsubscribed_at", "gdpr"]  # fmt: skip
+    fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
+    filter_horizontal = ["tags"]
+    inlines = [ConsentEventInline]
+
+    def get_search_results(self, request, queryset, search_term):
+        # Each kind of term goes to an indexed prefix lookup instead of a LIKE '%…%' over
+        # every column, which is what keeps search fast at a million contacts.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return selectors.contacts_search(queryset, term), False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else ["gdpr"]
+
+    def save_model(self, request, obj, form, change):
+        obj.email = services.normalize_email(obj.email) if obj.email else obj.email
+        if not change:
+            obj.source = Contact.Source.ADMIN
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="Personal data")
+    def gdpr(self, obj: Contact | None) -> str:
+        if obj is None or obj.pk is None:
+            return "-"
+        return format_html(
+            '<a class="button" href="{}">Export as JSON</a> '
+            '<a class="button" style="background:#ba2121" href="{}">Erase…</a>',
+            reverse("admin:audience_contact_export_data", args=[obj.pk]),
+            reverse("admin:audience_contact_erase", args=[obj.pk]),
+        )
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/export-data/", self.admin_site.admin_view(self.export_data),
+                 name="audience_contact_export_data"),
+            path("<int:pk>/erase/", self.admin_site.admin_view(self.erase),
+                 name="audience_contact_erase"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def export_data(self, request: HttpRequest, pk: int) -> HttpResponse:
+        contact = get_object_or_404(Contact, pk=pk)
+        if not self.has_view_permission(request, contact):
+            raise PermissionDenied
+        data = selectors.contact_personal_data(contact)
+        response = HttpResponse(
+            json.dumps(data, indent=2, ensure_ascii=False, default=str),
+            content_type="application/json; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="contact-{contact.pk}.json"'
+        return response
+
+    def erase(self, request: HttpRequest, pk: int) -> HttpResponse:
+        contact = get_object_or_404(Contact, pk=pk)
+        if not self.has_delete_permission(request, contact):
+            raise PermissionDenied
+        if request.method == "POST":
+            services.contact_erase(contact=contact, actor=request.user.get_username())
+            self.message_user(
+                request, "The contact was erased; only a hash of the address remains."
+            )
+            return redirect("admin:audience_contact_changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Erase this contact?",
+            "contact": contact,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/audience/contact/erase.html", context)
+
+    def _tag_from_action(self, request) -> Tag | None:
+        try:
+            return services.tag_get_or_create(name=request.POST.get("tag", ""))
+        except ValidationError:
+            self.message_user(request, "Type a tag name next to the action.", messages.ERROR)
+            return None
+
+    @admin.action(description="Add tag to selected contacts", permissions=["change"])
+    def tag_selected(self, request, queryset):
+        if tag := self._tag_from_action(request):
+            count = services.contacts_tag(contacts=queryset, tag=tag)
+            self.message_user(request, f"Tagged {count} contacts with “{tag}”.")
+
+    @admin.action(description="Remove tag from selected contacts", permissions=["change"])
+    def untag_selected(self, request, queryset):
+        if tag := self._tag_from_action(request):
+            count = services.contacts_untag(contacts=queryset, tag=tag)
+            self.message_user(request, f"Removed “{tag}” from {count} contacts.")
+
+    @admin.action(description="Unsubscribe selected contacts", permissions=["change"])
+    def unsubscribe_selected(self, request, queryset):
+        count = services.contacts_unsubscribe(contacts=queryset, evidence=_evidence(request))
+        self.message_user(request, f"Unsubscribed {count} contacts.")
+
+
+@admin.register(SignupForm)
+class SignupFormAdmin(admin.ModelAdmin):
+    list_display = ["name", "public_key", "enabled", "double_opt_in", "hosted_link"]
+    list_filter = ["enabled"]
+    filter_horizontal = ["tags"]
+    readonly_fields = ["public_key", "embed_codes", "preview"]
+    fieldsets = [
+        (None, {"fields": ["name", "enabled", "public_key"]}),
+        ("What visitors see", {"fields": ["title", "intro", "name_field", "phone_field",
+                                          "consent_text", "button_label", "success_message"]}),
+        ("After signup", {"fields": ["double_opt_in", "tags", "redirect_url"]}),
+        ("Where it may be embedded", {"fields": ["allowed_origins"]}),
+        ("Embed it", {"fields": ["embed_codes", "preview"]}),
+    ]  # fmt: skip
+
+    @admin.display(description="Hosted page")
+    def hosted_link(self, obj: SignupForm) -> str:
+        url = snippets.hosted_url(obj)
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
+
+    @admin.display(description="Copy and paste")
+    def embed_codes(self, obj: SignupForm) -> str:
+        if not obj.pk:
+            return "Save the form to get its snippets."
+        codes = snippets.all_snippets(obj)
+        labels = [
+            ("script", "Script embed (renders inline, submits without leaving the page)"),
+            ("html", "Plain HTML form (works with JavaScript off)"),
+            ("iframe", "Iframe"),
+            ("hosted", "Hosted page (for a bio link)"),
+        ]
+        return format_html_join(
+            "",
+            '<p style="margin:.75em 0 .25em"><strong>{}</strong></p>'
+            '<textarea readonly rows="{}" style="width:100%;font-family:monospace" '
+            'onclick="this.select()">{}</textarea>',
+            ((label, 12 if key == "html" else 2, codes[key]) for key, label in labels),
+        )
+
+    @admin.display(description="Live preview")
+    def preview(self, obj: SignupForm) -> str:
+        if not obj.pk:
+            return "-"
+        src = reverse("audience:signup-frame", args=[obj.public_key])
+        return format_html(
+            '<iframe src="{}" title="Preview" style="width:100%;max-width:480px;height:560px;'
+            'border:1px solid #ccc;border-radius:6px"></iframe>',
+            src,
+        )
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ["name", "created_at"]
+    search_fields = ["name"]
+
+
+@admin.register(SuppressedEmail)
+class SuppressedEmailAdmin(admin.ModelAdmin):
+    list_display = ["email_hash", "reason", "created_at"]
+    search_fields = ["email_hash"]
+    readonly_fields = ["email_hash", "reason", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False

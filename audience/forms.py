@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import time
+
+from django import forms
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import ValidationError
+
+from audience.models import Contact, FieldMode, SignupForm
+from audience.services import clean_text, normalize_email, normalize_phone
+
+_RENDER_SALT = "audience.render"
+
+
+def render_stamp(signup_form: SignupForm) -> str:
+    """A signed 'rendered at' stamp; a submit that comes back too fast is a bot."""
+    return signing.Signer(salt=_RENDER_SALT).sign(f"{signup_form.public_key}:{time.time():.3f}")
+
+
+def stamp_age(signup_form: SignupForm, value: str) -> float | None:
+    """Seconds since the stamp was made, or None if it is missing, forged or foreign."""
+    try:
+        key, _, rendered_at = signing.Signer(salt=_RENDER_SALT).unsign(value).rpartition(":")
+        if key != signup_form.public_key:
+            return None
+        return time.time() - float(rendered_at)
+    except (signing.BadSignature, ValueError):
+        return None
+
+
+class TelInput(forms.TextInput):
+    input_type = "tel"
+
+
+class _FieldsMixin:
+    """Cleaning shared by the public signup form and the preferences page."""
+
+    def _clean_text(self, name: str, max_length: int = 100) -> str:
+        return clean_text(self.cleaned_data.get(name), max_length=max_length, field=name)
+
+    def clean_first_name(self) -> str:
+        return self._clean_text("first_name")
+
+    def clean_last_name(self) -> str:
+        return self._clean_text("last_name")
+
+    def clean_phone(self) -> str:
+        try:
+            return normalize_phone(self.cleaned_data.get("phone"))
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["phone"]) from None
+
+
+class PublicSignupForm(_FieldsMixin, forms.Form):
+    """The fields a visitor fills in, shaped by a SignupForm's settings."""
+
+    email = forms.CharField(label="Email", max_length=320, widget=forms.EmailInput(
+        attrs={"autocomplete": "email", "placeholder": "you@example.com"}))  # fmt: skip
+    # Honeypot: hidden from people by CSS and aria, irresistible to form-filling bots.
+    website = forms.CharField(required=False, label="Leave this empty", max_length=200)
+    ts = forms.CharField(required=False, widget=forms.HiddenInput, max_length=200)
+
+    def __init__(self, *args, signup_form: SignupForm, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.signup_form = signup_form
+        if signup_form.name_field != FieldMode.HIDDEN:
+            required = signup_form.name_field == FieldMode.REQUIRED
+            # max_length above the stored limit so the cleaner can say it clearly
+            self.fields["first_name"] = forms.CharField(
+                label="First name", required=required, max_length=1000,
+                widget=forms.TextInput(attrs={"autocomplete": "given-name"}))  # fmt: skip
+            self.fields["last_name"] = forms.CharField(
+                label="Last name", required=required, max_length=1000,
+                widget=forms.TextInput(attrs={"autocomplete": "family-name"}))  # fmt: skip
+        if signup_form.phone_field != FieldMode.HIDDEN:
+            self.fields["phone"] = forms.CharField(
+                label="Phone", required=signup_form.phone_field == FieldMode.REQUIRED,
+                max_length=100, widget=TelInput(attrs={"autocomplete": "tel"}))  # fmt: skip
+        if signup_form.consent_text:
+            self.fields["consent"] = forms.BooleanField(
+                label=signup_form.consent_text, required=True, initial=False,
+                error_messages={"required": "Please tick the box to agree."})  # fmt: skip
+        for name, field in self.fields.items():
+            field.error_messages.setdefault("required", "This field is required.")
+            if name == "email":
+                field.error_messages["required"] = "Please enter your email address."
+        if not self.is_bound:
+            self.initial["ts"] = render_stamp(signup_form)
+
+    def clean_email(self) -> str:
+        try:
+            return normalize_email(self.cleaned_data.get("email"))
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict["email"]) from None
+
+    def is_bot(self, *, require_stamp: bool) -> bool:
+        """True for a submit to drop silently: honeypot filled, or stamp forged / too fast.
+
+        The plain HTML snippet is static HTML pasted into a shop page, so it cannot carry
+        a fresh stamp; only a stamp that is present is checked there.
+        """
+        if (self.data.get("website") or "").strip():
+            return True
+        stamp = (self.data.get("ts") or "").strip()
+        if not stamp:
+            return require_stamp
+        age = stamp_age(self.signup_form, stamp)
+        return age is None or age < settings.SIGNUP_MIN_SECONDS
+
+    def errors_json(self) -> dict[str, list[str]]:
+        return {field: [str(msg) for msg in messages] for field, messages in self.errors.items()}
+
+
+class PreferencesForm(_FieldsMixin, forms.ModelForm):
+    # Wider than the stored E.164 value: people type spaces, dashes and brackets.
+    phone = forms.CharField(required=False, max_length=40, label="Phone")
+
+    class Meta:
+        model = Contact
+        fields = ["first_name", "last_name", "phone"]

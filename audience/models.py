@@ -1,0 +1,182 @@
+import secrets
+
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class Tag(models.Model):
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(Lower("name"), name="tag_name_ci_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FieldMode(models.TextChoices):
+    HIDDEN = "hidden", "Hidden"
+    OPTIONAL = "optional", "Optional"
+    REQUIRED = "required", "Required"
+
+
+def _new_public_key() -> str:
+    return secrets.token_urlsafe(9)
+
+
+class SignupForm(models.Model):
+    """A signup form a shop embeds on its own site (HTML, script, iframe or hosted page)."""
+
+    name = models.CharField(max_length=200, help_text="For you; visitors see the title.")
+    public_key = models.CharField(max_length=32, unique=True, default=_new_public_key)
+    title = models.CharField(max_length=200, blank=True, default="Stay in touch")
+    intro = models.TextField(
+        blank=True, default="Get our news by email, even when social media is down."
+    )
+    button_label = models.CharField(max_length=60, default="Subscribe")
+    name_field = models.CharField(
+        "name fields", max_length=10, choices=FieldMode.choices, default=FieldMode.OPTIONAL
+    )
+    phone_field = models.CharField(
+        "phone field", max_length=10, choices=FieldMode.choices, default=FieldMode.HIDDEN
+    )
+    tags = models.ManyToManyField(Tag, blank=True, help_text="Applied to everyone who signs up.")
+    double_opt_in = models.BooleanField(
+        default=True,
+        help_text="Send a confirmation link; contacts are mailed only once they click it.",
+    )
+    consent_text = models.TextField(
+        blank=True,
+        help_text=(
+            "If set, a checkbox with this text must be ticked to sign up (it is never "
+            "pre-ticked). The exact text is stored with each signup as evidence."
+        ),
+    )
+    success_message = models.CharField(
+        max_length=500, default="Thanks! Please check your inbox to confirm your subscription."
+    )
+    redirect_url = models.URLField(
+        blank=True, help_text="Where the plain HTML form sends people after signing up."
+    )
+    allowed_origins = models.TextField(
+        blank=True,
+        help_text=(
+            "Sites that may embed this form, one origin per line, e.g. https://shop.example.com. "
+            "The hosted page always works."
+        ),
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def origins(self) -> list[str]:
+        return [
+            line.strip().rstrip("/") for line in self.allowed_origins.splitlines() if line.strip()
+        ]
+
+
+class Contact(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending confirmation"
+        SUBSCRIBED = "subscribed", "Subscribed"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+
+    class Source(models.TextChoices):
+        FORM = "form", "Signup form"
+        IMPORT = "import", "Import"
+        ADMIN = "admin", "Admin"
+
+    # Stored trimmed and lower-cased, so "one contact per email, case-insensitively" is a
+    # plain unique index that bulk upserts (ON CONFLICT) can target.
+    email = models.EmailField(max_length=254, unique=True)
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    phone = models.CharField(max_length=20, blank=True, db_index=True, help_text="E.164")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="contacts")
+    attributes = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.ADMIN)
+    signup_form = models.ForeignKey(
+        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, related_name="contacts"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    # When the last double opt-in mail was queued: at most one per window per contact.
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "id"], name="contact_status_id"),
+            models.Index(fields=["source", "id"], name="contact_source_id"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+class ConsentEvent(models.Model):
+    """Evidence of consent: one row for every change of a contact's status, and every signup.
+
+    GDPR Art. 7(1) asks us to demonstrate consent; this table is how. Rows are never
+    edited; they go only when the contact is erased.
+    """
+
+    class Kind(models.TextChoices):
+        SIGNUP = "signup", "Signed up"
+        CONFIRM = "confirm", "Confirmed"
+        UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
+        PREFERENCES = "preferences", "Updated preferences"
+        IMPORT = "import", "Imported"
+        ADMIN = "admin", "Changed by admin"
+        BOUNCE = "bounce", "Bounced"
+        COMPLAINT = "complaint", "Complained"
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="consent_events")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    method = models.CharField(
+        max_length=40,
+        help_text="How: form-html, form-script, hosted, confirm-link, one-click, import, …",
+    )
+    status_before = models.CharField(max_length=12, blank=True)
+    status_after = models.CharField(max_length=12, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+    signup_form = models.ForeignKey(SignupForm, null=True, blank=True, on_delete=models.SET_NULL)
+    consent_text = models.TextField(blank=True)
+    actor = models.CharField(max_length=150, blank=True, help_text="Admin user, if any.")
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.status_before or '-'} → {self.status_after})"
+
+
+class SuppressedEmail(models.Model):
+    """An erased contact: only a hash of the address stays, so it is never mailed or
+    imported again, unless its owner signs up anew."""
+
+    email_hash = models.CharField(max_length=64, unique=True)
+    reason = models.CharField(max_length=100, default="erased")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.email_hash[:12]}… ({self.reason})"

@@ -1,0 +1,316 @@
+"""Every write to the audience goes through here, and every status change writes its
+ConsentEvent in the same transaction (the way Zulip's do_* functions write their audit log).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import phonenumbers
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
+
+Status = Contact.Status
+SUPPRESSED = {Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED}
+
+# Anything that could end up in a mail header must not carry line breaks (header
+# injection) or other control characters; names keep every other Unicode character.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def clean_text(value: str | None, *, max_length: int, field: str) -> str:
+    value = _CONTROL.sub(" ", value or "").strip()
+    value = re.sub(r" {2,}", " ", value)
+    if len(value) > max_length:
+        raise ValidationError({field: f"Please use at most {max_length} characters."})
+    return value
+
+
+def normalize_email(raw: str | None) -> str:
+    """Trim and lower-case; raise ValidationError({"email": …}) if it is no address."""
+    email = (raw or "").strip().lower()
+    if not email:
+        raise ValidationError({"email": "Please enter your email address."})
+    if len(email) > 254 or _CONTROL.search(email):
+        raise ValidationError({"email": "Please enter a valid email address."})
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise ValidationError({"email": "Please enter a valid email address."}) from None
+    return email
+
+
+def normalize_phone(raw: str | None, *, region: str | None = None) -> str:
+    """Return the number in E.164, or "" for an empty value; raise on an invalid one."""
+    raw = (raw or "").strip()
+    if not raw:
+        return ""
+    if len(raw) > 40:
+        raise ValidationError({"phone": "Please enter a valid phone number."})
+    try:
+        number = phonenumbers.parse(raw, region or settings.PHONE_DEFAULT_REGION)
+    except phonenumbers.NumberParseException:
+        raise ValidationError({"phone": "Please enter a valid phone number."}) from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValidationError({"phone": "Please enter a valid phone number."})
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Who did it, from where: copied onto every ConsentEvent."""
+
+    method: str
+    ip: str | None = None
+    user_agent: str = ""
+    actor: str = ""
+
+
+def _record(
+    contact: Contact,
+    *,
+    kind: str,
+    before: str,
+    evidence: Evidence,
+    signup_form: SignupForm | None = None,
+    consent_text: str = "",
+    detail: dict | None = None,
+) -> ConsentEvent:
+    return ConsentEvent.objects.create(
+        contact=contact,
+        kind=kind,
+        method=evidence.method,
+        status_before=before,
+        status_after=contact.status,
+        ip=evidence.ip,
+        user_agent=(evidence.user_agent or "")[:500],
+        actor=evidence.actor,
+        signup_form=signup_form,
+        consent_text=consent_text,
+        detail=detail or {},
+    )
+
+
+# --- capture --------------------------------------------------------------------
+
+
+@transaction.atomic
+def contact_subscribe(
+    *,
+    form: SignupForm,
+    email: str,
+    first_name: str = "",
+    last_name: str = "",
+    phone: str = "",
+    evidence: Evidence,
+) -> Contact:
+    """A visitor signed up through `form`. Inputs must already be cleaned.
+
+    The caller answers the visitor the same way whatever happened here, so nothing
+    about the address (new, pending, subscribed) leaks through the public form.
+    """
+    # Signing up anew is the owner's own act: it lifts an erasure's suppression.
+    SuppressedEmail.objects.filter(email_hash=email_hash(email)).delete()
+    contact, created = Contact.objects.select_for_update().get_or_create(
+        email=email,
+        defaults={
+            "first_name": first_name,
+            "last_name": last_name,
+            "phone": phone,
+            "source": Contact.Source.FORM,
+            "signup_form": form,
+        },
+    )
+    before = "" if created else contact.status
+    if not created:
+        # An unauthenticated form may fill gaps but never overwrite what a contact told us.
+        changed = []
+        for field, value in (
+            ("first_name", first_name),
+            ("last_name", last_name),
+            ("phone", phone),
+        ):
+            if value and not getattr(contact, field):
+                setattr(contact, field, value)
+                changed.append(field)
+        if changed:
+            contact.save(update_fields=[*changed, "updated_at"])
+
+    if contact.status != Status.SUBSCRIBED:
+        # A suppressed address (unsubscribed, bounced, complained) always goes through
+        # double opt-in: anyone can type anyone's address into a form.
+        if form.double_opt_in or contact.status in SUPPRESSED:
+            contact.status = Status.PENDING
+        else:
+            contact.status = Status.SUBSCRIBED
+            contact.confirmed_at = timezone.now()
+        contact.save(update_fields=["status", "confirmed_at", "updated_at"])
+
+    tags = list(form.tags.all())
+    if tags:
+        contact.tags.add(*tags)
+    _record(
+        contact,
+        kind=ConsentEvent.Kind.SIGNUP,
+        before=before,
+        evidence=evidence,
+        signup_form=form,
+        consent_text=form.consent_text,
+        detail={"double_opt_in": form.double_opt_in},
+    )
+    if contact.status == Status.PENDING:
+        confirmation_request(contact=contact)
+    return contact
+
+
+def confirmation_request(*, contact: Contact) -> bool:
+    """Queue a double opt-in mail unless one went out in the last window.
+
+    The window is claimed with a conditional UPDATE, so two concurrent signups for the
+    same address (or a bot hammering one victim's address) queue at most one mail.
+    """
+    now = timezone.now()
+    window = timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS)
+    claimed = (
+        Contact.objects.filter(pk=contact.pk, status=Status.PENDING)
+        .exclude(confirmation_sent_at__gt=now - window)
+        .update(confirmation_sent_at=now)
+    )
+    if claimed:
+        from audience.tasks import send_confirmation
+
+        send_confirmation.delay_on_commit(contact.pk)
+    return bool(claimed)
+
+
+@transaction.atomic
+def contact_confirm(*, contact: Contact, evidence: Evidence) -> Contact:
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    if contact.status == Status.SUBSCRIBED:
+        return contact
+    before = contact.status
+    contact.status = Status.SUBSCRIBED
+    contact.confirmed_at = timezone.now()
+    contact.save(update_fields=["status", "confirmed_at", "updated_at"])
+    _record(contact, kind=ConsentEvent.Kind.CONFIRM, before=before, evidence=evidence)
+    return contact
+
+
+@transaction.atomic
+def contact_unsubscribe(
+    *, contact: Contact, evidence: Evidence, detail: dict | None = None
+) -> Contact:
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    if contact.status in SUPPRESSED:
+        return contact
+    before = contact.status
+    contact.status = Status.UNSUBSCRIBED
+    contact.unsubscribed_at = timezone.now()
+    contact.save(update_fields=["status", "unsubscribed_at", "updated_at"])
+    _record(
+        contact, kind=ConsentEvent.Kind.UNSUBSCRIBE, before=before, evidence=evidence, detail=detail
+    )
+    return contact
+
+
+@transaction.atomic
+def contact_update_preferences(
+    *, contact: Contact, first_name: str, last_name: str, phone: str, evidence: Evidence
+) -> Contact:
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    old = {"first_name": contact.first_name, "last_name": contact.last_name, "phone": contact.phone}
+    new = {"first_name": first_name, "last_name": last_name, "phone": phone}
+    if old == new:
+        return contact
+    for field, value in new.items():
+        setattr(contact, field, value)
+    contact.save(update_fields=[*new, "updated_at"])
+    changed = sorted(field for field in new if old[field] != new[field])
+    _record(
+        contact,
+        kind=ConsentEvent.Kind.PREFERENCES,
+        before=contact.status,
+        evidence=evidence,
+        detail={"changed": changed},
+    )
+    return contact
+
+
+# --- admin bulk actions ---------------------------------------------------------------
+
+
+def tag_get_or_create(*, name: str) -> Tag:
+    name = clean_text(name, max_length=100, field="tag")
+    if not name:
+        raise ValidationError({"tag": "Name the tag."})
+    tag = Tag.objects.filter(name__iexact=name).first()
+    return tag or Tag.objects.create(name=name)
+
+
+def contacts_tag(*, contacts: QuerySet[Contact], tag: Tag) -> int:
+    through = Contact.tags.through
+    ids = list(contacts.values_list("pk", flat=True))
+    through.objects.bulk_create(
+        [through(contact_id=pk, tag_id=tag.pk) for pk in ids], ignore_conflicts=True
+    )
+    return len(ids)
+
+
+def contacts_untag(*, contacts: QuerySet[Contact], tag: Tag) -> int:
+    deleted, _ = Contact.tags.through.objects.filter(
+        tag=tag, contact_id__in=contacts.values("pk")
+    ).delete()
+    return deleted
+
+
+def contacts_unsubscribe(*, contacts: QuerySet[Contact], evidence: Evidence) -> int:
+    done = 0
+    for contact in contacts.exclude(status__in=SUPPRESSED).only("pk").iterator():
+        contact_unsubscribe(contact=contact, evidence=evidence)
+        done += 1
+    return done
+
+
+@transaction.atomic
+def contact_erase(*, contact: Contact, actor: str = "") -> SuppressedEmail:
+    """GDPR erasure: delete the contact and its history; keep only a hash of the address
+    so it is never imported or mailed again unless its owner signs up anew."""
+    suppressed, _ = SuppressedEmail.objects.get_or_create(
+        email_hash=email_hash(contact.email), defaults={"reason": "erased"}
+    )
+    contact.delete()
+    return suppressed
+
+
+# --- quickstart ---------------------------------------------------------------------
+
+
+def demo_form_ensure() -> SignupForm:
+    form, created = SignupForm.objects.get_or_create(
+        public_key="demo",
+        defaults={
+            "name": "Demo shop footer",
+            "title": "We're still here",
+            "intro": "When social media goes quiet, we'll write to you directly.",
+            "name_field": "optional",
+            "phone_field": "optional",
+            "consent_text": "Yes, email me news and offers. I can unsubscribe at any time.",
+            "allowed_origins": settings.SITE_URL,
+        },
+    )
+    if created:
+        form.tags.add(tag_get_or_create(name="demo"))
+    return form

@@ -1,0 +1,271 @@
+"""Public endpoints: signup (four embeddings), confirm, unsubscribe, preferences.
+
+Every one assumes a bot is on the other side: origins are checked, sizes capped,
+rates limited in the cache, and answers never reveal whether an address is known.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.clickjacking import xframe_options_exempt
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+from django_ratelimit.core import is_ratelimited
+
+from audience import services, snippets
+from audience.forms import PreferencesForm, PublicSignupForm
+from audience.models import SignupForm
+from audience.tokens import contact_url, read_token
+
+
+def _client_ip(request: HttpRequest) -> str | None:
+    raw = request.META.get(settings.CLIENT_IP_HEADER, "") or ""
+    candidate = raw.split(",")[0].strip()
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
+
+
+def _evidence(request: HttpRequest, method: str) -> services.Evidence:
+    return services.Evidence(
+        method=method,
+        ip=_client_ip(request),
+        user_agent=request.headers.get("User-Agent", "")[:500],
+    )
+
+
+def _site_origin() -> str:
+    return snippets.origin_of(settings.SITE_URL)
+
+
+def _active_form(key: str) -> SignupForm:
+    return get_object_or_404(SignupForm, public_key=key, enabled=True)
+
+
+def _cors(response: HttpResponse, origin: str | None) -> HttpResponse:
+    if origin:
+        response["Access-Control-Allow-Origin"] = origin
+        response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response["Access-Control-Allow-Headers"] = "Accept, Content-Type"
+        response["Access-Control-Max-Age"] = "600"
+    response["Vary"] = "Origin"
+    return response
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _rate_key_form(group: str, request: HttpRequest) -> str:
+    return request.resolver_match.kwargs["key"]
+
+
+def _rate_limited(request: HttpRequest) -> bool:
+    # Both buckets always count, so a flood from many IPs still hits the per-form cap.
+    per_ip = is_ratelimited(
+        request, group="signup-ip", key="ip", rate=settings.SIGNUP_RATE_PER_IP, increment=True
+    )
+    per_form = is_ratelimited(
+        request,
+        group="signup-form",
+        key=_rate_key_form,
+        rate=settings.SIGNUP_RATE_PER_FORM,
+        increment=True,
+    )
+    return per_ip or per_form
+
+
+def _error(request, signup_form, origin, status, message, form=None):
+    if _wants_json(request):
+        errors = form.errors_json() if form is not None else {"__all__": [message]}
+        return _cors(JsonResponse({"ok": False, "errors": errors}, status=status), origin)
+    if form is None:
+        return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    context = {"signup_form": signup_form, "form": form, "action": snippets.submit_url(signup_form)}
+    return render(request, "audience/hosted_form.html", context, status=status)
+
+
+def _success(request, signup_form, origin):
+    if _wants_json(request):
+        payload = {"ok": True, "message": signup_form.success_message}
+        return _cors(JsonResponse(payload), origin)
+    target = signup_form.redirect_url or reverse(
+        "audience:signup-thanks", args=[signup_form.public_key]
+    )
+    return redirect(target, permanent=False)
+
+
+@csrf_exempt  # posted from other sites by design; protected by origin, stamp, honeypot, rates
+@require_http_methods(["POST", "OPTIONS"])
+def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
+    signup_form = _active_form(key)
+    origin = request.headers.get("Origin")
+    if origin and origin not in {_site_origin(), *signup_form.origins}:
+        return _error(
+            request, signup_form, None, 403, "This form does not accept signups from this site."
+        )
+    cors_origin = origin if origin and origin != _site_origin() else None
+    if request.method == "OPTIONS":
+        return _cors(HttpResponse(status=204), cors_origin)
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = settings.SIGNUP_MAX_BYTES + 1
+    if length > settings.SIGNUP_MAX_BYTES:
+        return _error(request, signup_form, cors_origin, 413, "The submission is too large.")
+    if _rate_limited(request):
+        return _error(
+            request, signup_form, cors_origin, 429, "Too many signups right now; try again soon."
+        )
+
+    form = PublicSignupForm(request.POST, signup_form=signup_form)
+    if form.is_bot(require_stamp=_wants_json(request)):
+        # Answer as if it worked: a bot learns nothing, and stores nothing.
+        return _success(request, signup_form, cors_origin)
+    if not form.is_valid():
+        return _error(request, signup_form, cors_origin, 422, "", form=form)
+    data = form.cleaned_data
+    method = "form-script" if _wants_json(request) else "form-html"
+    services.contact_subscribe(
+        form=signup_form,
+        email=data["email"],
+        first_name=data.get("first_name", ""),
+        last_name=data.get("last_name", ""),
+        phone=data.get("phone", ""),
+        evidence=_evidence(request, method),
+    )
+    return _success(request, signup_form, cors_origin)
+
+
+@require_GET
+def signup_page(request: HttpRequest, key: str) -> HttpResponse:
+    """The hosted signup page: a URL to put in a social bio."""
+    signup_form = _active_form(key)
+    context = {
+        "signup_form": signup_form,
+        "form": PublicSignupForm(signup_form=signup_form),
+        "action": snippets.submit_url(signup_form),
+    }
+    return render(request, "audience/hosted_form.html", context)
+
+
+@xframe_options_exempt  # the one view meant to be framed; frame-ancestors limits by whom
+@require_GET
+def signup_frame(request: HttpRequest, key: str) -> HttpResponse:
+    signup_form = _active_form(key)
+    context = {
+        "signup_form": signup_form,
+        "form": PublicSignupForm(signup_form=signup_form),
+        "action": snippets.submit_url(signup_form),
+        "framed": True,
+    }
+    response = render(request, "audience/hosted_form.html", context)
+    ancestors = " ".join(["'self'", *signup_form.origins])
+    response["Content-Security-Policy"] = f"frame-ancestors {ancestors}"
+    return response
+
+
+@require_GET
+def signup_thanks(request: HttpRequest, key: str) -> HttpResponse:
+    signup_form = _active_form(key)
+    return render(request, "audience/thanks.html", {"signup_form": signup_form})
+
+
+@require_GET
+def signup_script(request: HttpRequest, key: str) -> HttpResponse:
+    """The <script> embed: renders the form into a Shadow DOM where the tag stands."""
+    signup_form = _active_form(key)
+    context = {
+        "signup_form": signup_form,
+        "form": PublicSignupForm(signup_form=signup_form),
+        "action": snippets.submit_url(signup_form),
+    }
+    response = render(
+        request, "audience/embed.js", context, content_type="text/javascript; charset=utf-8"
+    )
+    # Short: the render stamp inside must not be reused for long, and edits show soon.
+    response["Cache-Control"] = "public, max-age=60"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@never_cache
+@require_GET
+def confirm(request: HttpRequest, token: str) -> HttpResponse:
+    contact = read_token("confirm", token)
+    if contact is None:
+        return render(request, "audience/link_invalid.html", status=400)
+    services.contact_confirm(contact=contact, evidence=_evidence(request, "confirm-link"))
+    return render(
+        request,
+        "audience/confirmed.html",
+        {"contact": contact, "preferences_url": contact_url("preferences", contact)},
+    )
+
+
+@csrf_exempt  # RFC 8058: mail providers POST here with no cookie and no token
+@never_cache
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    contact = read_token("unsubscribe", token)
+    if contact is None:
+        return render(request, "audience/link_invalid.html", status=400)
+    if request.method == "GET":
+        # A GET never unsubscribes by itself: mail scanners prefetch every link.
+        return render(request, "audience/unsubscribe.html", {"contact": contact, "done": False})
+    one_click = request.POST.get("List-Unsubscribe") == "One-Click"
+    services.contact_unsubscribe(
+        contact=contact,
+        evidence=_evidence(request, "one-click" if one_click else "unsubscribe-page"),
+    )
+    if one_click:
+        return HttpResponse("Unsubscribed.", content_type="text/plain; charset=utf-8")
+    return render(request, "audience/unsubscribe.html", {"contact": contact, "done": True})
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def preferences(request: HttpRequest, token: str) -> HttpResponse:
+    contact = read_token("preferences", token)
+    if contact is None:
+        return render(request, "audience/link_invalid.html", status=400)
+    if request.method == "POST" and "leave" in request.POST:
+        services.contact_unsubscribe(contact=contact, evidence=_evidence(request, "preferences"))
+        return render(request, "audience/unsubscribe.html", {"contact": contact, "done": True})
+    form = PreferencesForm(request.POST or None, instance=contact)
+    saved = False
+    if request.method == "POST" and form.is_valid():
+        contact = services.contact_update_preferences(
+            contact=contact,
+            first_name=form.cleaned_data["first_name"],
+            last_name=form.cleaned_data["last_name"],
+            phone=form.cleaned_data["phone"],
+            evidence=_evidence(request, "preferences"),
+        )
+        saved = True
+    status = 422 if request.method == "POST" and not saved else 200
+    return render(
+        request,
+        "audience/preferences.html",
+        {"contact": contact, "form": form, "saved": saved},
+        status=status,
+    )
+
+
+@require_GET
+def demo_shop(request: HttpRequest) -> HttpResponse:
+    if not settings.STILLHERE_DEMO:
+        raise Http404
+    signup_form = services.demo_form_ensure()
+    return render(
+        request,
+        "audience/demo_shop.html",
+        {"signup_form": signup_form, "snippets": snippets.all_snippets(signup_form)},
+    )

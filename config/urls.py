@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from config.health import healthz
+
+admin.site.site_header = "Stillhere"
+admin.site.site_title = "Stillhere"
+admin.site.index_title = "Your audience, your list"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("", include("audience.urls")),
+]

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from django.core.cache import cache
+from django.db import connections
+
+from config.celery import app as celery_app
+
+
+def _clear_cache() -> None:
+    """Forget rate-limit buckets between tests without flushing a shared Redis database,
+    which would also wipe the broker's queues and bindings."""
+    client_factory = getattr(cache, "_cache", None)
+    if client_factory is not None and hasattr(client_factory, "get_client"):
+        client = client_factory.get_client(write=True)
+        prefix = cache.key_prefix or ""
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+    else:
+        cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    _clear_cache()
+    yield
+
+
+@pytest.fixture
+def site_url(settings):
+    settings.SITE_URL = "http://testserver"
+    return settings.SITE_URL
+
+
+def _close_worker_connections(**kwargs) -> None:
+    # The worker thread has its own database connections; close them after each task so
+    # the test database can be flushed and dropped.
+    connections.close_all()
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real Celery worker (in a thread of this process) on the configured broker."""
+    celery_app.control.purge()
+    task_postrun.connect(_close_worker_connections, weak=False)
+    try:
+        with start_worker(
+            celery_app,
+            pool="solo",
+            perform_ping_check=False,
+            shutdown_timeout=20,
+            loglevel="WARNING",
+        ) as worker:
+            yield worker
+    finally:
+        task_postrun.disconnect(_close_worker_connections)
