@@ -22,3 +22,155 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.to.replace(chr(10), ', ')}"
+
+
+class SenderSettings(models.Model):
+    """Who the mail is from, set once in the admin (one row)."""
+
+    from_name = models.CharField(max_length=100, blank=True)
+    from_email = models.EmailField(blank=True)
+    reply_to = models.EmailField(blank=True)
+    postal_address = models.TextField(
+        blank=True, help_text="Required by CAN-SPAM; printed at the foot of every campaign."
+    )
+    shop_url = models.URLField(blank=True)
+    phone = models.CharField(max_length=40, blank=True, help_text="Shown in outage templates.")
+    logo_url = models.URLField(blank=True)
+    accent_color = models.CharField(max_length=7, default="#1f6feb")
+    rate_per_second = models.PositiveIntegerField(
+        default=0, help_text="Messages per second across all workers; 0 means no limit."
+    )
+    rate_per_hour = models.PositiveIntegerField(
+        default=0, help_text="Messages per hour across all workers; 0 means no limit."
+    )
+
+    class Meta:
+        verbose_name = "sender settings"
+        verbose_name_plural = "sender settings"
+
+    def __str__(self) -> str:
+        return "Sender settings"
+
+    @classmethod
+    def load(cls) -> "SenderSettings":
+        obj, _ = cls.objects.get_or_create(pk=1)
+        return obj
+
+
+class Segment(models.Model):
+    """A named audience: rules combined with AND (all) or OR (any).
+
+    ``rules`` is a list of {"field": …, "op": …, "value": …}; campaigns.segments turns
+    it into a queryset, the one place both the admin count and the sender use.
+    """
+
+    class Match(models.TextChoices):
+        ALL = "all", "all rules (AND)"
+        ANY = "any", "any rule (OR)"
+
+    name = models.CharField(max_length=200, unique=True)
+    match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    rules = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SCHEDULED = "scheduled", "Scheduled"
+        SENDING = "sending", "Sending"
+        PAUSED = "paused", "Paused"
+        SENT = "sent", "Sent"
+        CANCELLED = "cancelled", "Cancelled"
+        FAILED = "failed", "Failed"
+
+    class Audience(models.TextChoices):
+        EVERYONE = "everyone", "Everyone subscribed"
+        SEGMENT = "segment", "A segment"
+        TAGS = "tags", "Contacts with any of these tags"
+
+    class SendMode(models.TextChoices):
+        PER_MESSAGE = "per_message", "One API call per message (any provider, SMTP too)"
+        BATCH = "batch", "Batch: many recipients per API call (Mailgun, Brevo, …)"
+
+    name = models.CharField(max_length=200)
+    subject = models.CharField(max_length=300)
+    preheader = models.CharField(max_length=300, blank=True)
+    body = models.TextField(help_text="Markdown; raw HTML allowed. Merge fields: {{ first_name }}")
+    audience = models.CharField(max_length=10, choices=Audience.choices, default=Audience.EVERYONE)
+    segment = models.ForeignKey(Segment, null=True, blank=True, on_delete=models.PROTECT)
+    tags = models.ManyToManyField("audience.Tag", blank=True)
+    send_mode = models.CharField(
+        max_length=12, choices=SendMode.choices, default=SendMode.PER_MESSAGE
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    is_emergency = models.BooleanField(default=False)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True, help_text="Why it paused or failed.")
+    # Counters updated by the chunk tasks with F() expressions, so the progress bar never
+    # has to COUNT a million Delivery rows.
+    total_count = models.PositiveIntegerField(default=0)
+    sent_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    duplicate_count = models.PositiveIntegerField(
+        default=0, help_text="Messages re-sent after a worker crash (at most one chunk each)."
+    )
+    consecutive_failed_chunks = models.PositiveIntegerField(default=0)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "scheduled_at"], name="campaign_due")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Delivery(models.Model):
+    """One recipient of one campaign: the source of truth for who got what."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        CLAIMED = "claimed", "Being sent"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped (no longer subscribed)"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="deliveries")
+    contact = models.ForeignKey(
+        "audience.Contact", on_delete=models.CASCADE, related_name="deliveries"
+    )
+    chunk = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim_token = models.CharField(max_length=40, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    message_id = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "contact"], name="delivery_once")
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "chunk", "status"], name="delivery_chunk"),
+            models.Index(fields=["campaign", "status"], name="delivery_status"),
+            models.Index(fields=["message_id"], name="delivery_message_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}→{self.contact_id} ({self.status})"
