@@ -36,8 +36,15 @@ class TelInput(forms.TextInput):
 class _FieldsMixin:
     """Cleaning shared by the public signup form and the preferences page."""
 
-    def _clean_text(self, name: str, max_length: int = 100) -> str:
-        return clean_text(self.cleaned_data.get(name), max_length=max_length, field=name)
+    def _clean_with(self, name: str, cleaner, **kwargs):
+        # The services raise {field: message}; a form field's clean raises the message.
+        try:
+            return cleaner(self.cleaned_data.get(name), **kwargs)
+        except ValidationError as exc:
+            raise ValidationError(exc.message_dict[name]) from None
+
+    def _clean_text(self, name: str) -> str:
+        return self._clean_with(name, clean_text, max_length=100, field=name)
 
     def clean_first_name(self) -> str:
         return self._clean_text("first_name")
@@ -46,10 +53,7 @@ class _FieldsMixin:
         return self._clean_text("last_name")
 
     def clean_phone(self) -> str:
-        try:
-            return normalize_phone(self.cleaned_data.get("phone"))
-        except ValidationError as exc:
-            raise ValidationError(exc.message_dict["phone"]) from None
+        return self._clean_with("phone", normalize_phone)
 
 
 class PublicSignupForm(_FieldsMixin, forms.Form):
@@ -89,10 +93,7 @@ class PublicSignupForm(_FieldsMixin, forms.Form):
             self.initial["ts"] = render_stamp(signup_form)
 
     def clean_email(self) -> str:
-        try:
-            return normalize_email(self.cleaned_data.get("email"))
-        except ValidationError as exc:
-            raise ValidationError(exc.message_dict["email"]) from None
+        return self._clean_with("email", normalize_email)
 
     def is_bot(self, *, require_stamp: bool) -> bool:
         """True for a submit to drop silently: honeypot filled, or stamp forged / too fast.

@@ -1,5 +1,8 @@
+import re
 import secrets
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -20,6 +23,9 @@ class FieldMode(models.TextChoices):
     HIDDEN = "hidden", "Hidden"
     OPTIONAL = "optional", "Optional"
     REQUIRED = "required", "Required"
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
 
 
 def _new_public_key() -> str:
@@ -76,6 +82,16 @@ class SignupForm(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        bad = [o for o in self.origins if not _ORIGIN.match(o)]
+        if bad:
+            raise ValidationError(
+                {
+                    "allowed_origins": "Each line must be an origin like https://shop.example.com "
+                    f"(scheme and host, no path): {', '.join(bad)}"
+                }
+            )
+
     @property
     def origins(self) -> list[str]:
         return [
@@ -121,6 +137,7 @@ class Contact(models.Model):
             models.Index(fields=["status", "id"], name="contact_status_id"),
             models.Index(fields=["source", "id"], name="contact_source_id"),
         ]
+        permissions = [("export_contact", "Can export contacts")]
 
     def __str__(self) -> str:
         return self.email
@@ -180,3 +197,48 @@ class SuppressedEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email_hash[:12]}… ({self.reason})"
+
+
+class ImportJob(models.Model):
+    """One uploaded file on its way into the audience: upload → preview → run → summary.
+
+    The admin and `manage.py import_contacts` both create one and run it through
+    audience.importing.run_job, so they share one code path.
+    """
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", "Awaiting preview"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    file = models.FileField(upload_to="imports/%Y/%m/")
+    original_name = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField(default=0)
+    # What detection found: the platform profile, the encoding, the delimiter ("" for XLSX).
+    profile = models.CharField(max_length=30, blank=True)
+    file_format = models.CharField(max_length=10, blank=True)
+    encoding = models.CharField(max_length=20, blank=True)
+    delimiter = models.CharField(max_length=2, blank=True)
+    columns = models.JSONField(default=list, blank=True)
+    mapping = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.UPLOADED)
+    rows_total = models.PositiveIntegerField(default=0)
+    rows_done = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    rejected = models.FileField(upload_to="imports/rejected/%Y/%m/", blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk}: {self.original_name}"

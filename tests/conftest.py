@@ -56,3 +56,19 @@ def celery_worker(transactional_db):
             yield worker
     finally:
         task_postrun.disconnect(_close_worker_connections)
+
+
+@pytest.fixture
+def eager_tasks():
+    """Run tasks inline when they are dispatched.
+
+    Only for unit tests of services, which check *what* a task does; the real path
+    through the broker and a worker is covered by the tests using `celery_worker`.
+    """
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = False
+        celery_app.conf.task_eager_propagates = False

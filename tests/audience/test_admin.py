@@ -1,0 +1,124 @@
+import json
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from audience.models import Contact, SuppressedEmail
+from audience.services import email_hash
+from tests.factories import ContactFactory, SignupFormFactory, TagFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("site_url")]
+
+CHANGELIST = "/admin/audience/contact/"
+
+
+def test_contact_list_never_counts_the_whole_table(admin_client):
+    ContactFactory.create_batch(3)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(CHANGELIST, {"status__exact": "subscribed"})
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the paginator should count (a bounded subquery)"
+    contact_counts = [sql for sql in counts if "audience_contact" in sql]
+    assert all("LIMIT" in sql.upper() for sql in contact_counts), contact_counts
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [("anna@", ["anna@example.com"]), ("Lee", ["bo@example.com"]), ("+1415", ["anna@example.com"]),
+     ("Anna Smith", ["anna@example.com"])],
+)  # fmt: skip
+def test_search_by_email_name_and_phone(admin_client, term, expected):
+    ContactFactory(email="anna@example.com", first_name="Anna", last_name="Smith",
+                   phone="+14155550100")  # fmt: skip
+    ContactFactory(email="bo@example.com", first_name="Bo", last_name="Lee")
+    response = admin_client.get(CHANGELIST, {"q": term})
+    assert [c.email for c in response.context["cl"].result_list] == expected
+
+
+def test_filters_by_tag_source_and_form(admin_client):
+    tag = TagFactory(name="vip")
+    form = SignupFormFactory()
+    vip = ContactFactory(source="form", signup_form=form)
+    vip.tags.add(tag)
+    ContactFactory(source="import")
+    for params in ({"tag": tag.pk}, {"source__exact": "form"}, {"signup_form__id__exact": form.pk}):
+        response = admin_client.get(CHANGELIST, params)
+        assert list(response.context["cl"].result_list) == [vip], params
+
+
+def test_bulk_tag_untag_and_unsubscribe(admin_client):
+    contacts = ContactFactory.create_batch(2)
+    ids = [str(c.pk) for c in contacts]
+    admin_client.post(
+        CHANGELIST, {"action": "tag_selected", "_selected_action": ids, "tag": "Outage"}
+    )
+    assert Contact.objects.filter(tags__name="Outage").count() == 2
+    admin_client.post(
+        CHANGELIST, {"action": "untag_selected", "_selected_action": ids[:1], "tag": "outage"}
+    )
+    assert Contact.objects.filter(tags__name="Outage").count() == 1
+    admin_client.post(CHANGELIST, {"action": "unsubscribe_selected", "_selected_action": ids})
+    assert set(Contact.objects.values_list("status", flat=True)) == {"unsubscribed"}
+    event = contacts[0].consent_events.get()
+    assert (event.method, event.actor) == ("admin", "admin")
+
+
+def test_change_page_shows_the_consent_timeline(admin_client, eager_tasks):
+    from audience import services
+
+    contact = ContactFactory(status="pending")
+    services.contact_confirm(contact=contact, evidence=services.Evidence(method="confirm-link"))
+    response = admin_client.get(f"{CHANGELIST}{contact.pk}/change/")
+    assert response.status_code == 200
+    assert b"Consent timeline" in response.content
+    assert b"confirm-link" in response.content
+
+
+def test_gdpr_export_and_erase(admin_client):
+    contact = ContactFactory(email="me@example.com", first_name="Mia")
+    contact.tags.add(TagFactory(name="vip"))
+    response = admin_client.get(f"{CHANGELIST}{contact.pk}/export-data/")
+    data = json.loads(response.content)
+    assert (data["email"], data["first_name"], data["tags"]) == ("me@example.com", "Mia", ["vip"])
+
+    assert admin_client.get(f"{CHANGELIST}{contact.pk}/erase/").status_code == 200
+    assert Contact.objects.filter(pk=contact.pk).exists()  # GET only asks
+    admin_client.post(f"{CHANGELIST}{contact.pk}/erase/")
+    assert not Contact.objects.filter(pk=contact.pk).exists()
+    assert SuppressedEmail.objects.filter(email_hash=email_hash("me@example.com")).exists()
+
+
+def test_staff_without_delete_permission_cannot_erase(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("clerk", password="pw", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=["view_contact"]))
+    client.force_login(staff)
+    contact = ContactFactory()
+    assert client.post(f"{CHANGELIST}{contact.pk}/erase/").status_code == 403
+    assert Contact.objects.filter(pk=contact.pk).exists()
+
+
+def test_signup_form_page_has_all_four_snippets_and_a_live_preview(admin_client):
+    form = SignupFormFactory(public_key="footer")
+    response = admin_client.get(f"/admin/audience/signupform/{form.pk}/change/")
+    body = response.content.decode()
+    assert "http://testserver/f/footer/embed.js" in body
+    assert "&lt;form class=&quot;sh-form&quot; method=&quot;post&quot;" in body
+    assert "http://testserver/f/footer/frame/" in body
+    assert "http://testserver/f/footer/" in body
+    assert '<iframe src="/f/footer/frame/"' in body
+
+
+def test_signup_form_refuses_an_allowed_origin_with_a_path(admin_client):
+    form = SignupFormFactory()
+    response = admin_client.post(
+        f"/admin/audience/signupform/{form.pk}/change/",
+        {"name": form.name, "title": "t", "button_label": "Go", "name_field": "optional",
+         "phone_field": "hidden", "success_message": "ok", "enabled": "on",
+         "double_opt_in": "on", "allowed_origins": "https://shop.example.com/page"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    assert "Each line must be an origin" in response.content.decode()

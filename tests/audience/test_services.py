@@ -1,0 +1,174 @@
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from audience import services
+from audience.models import ConsentEvent, Contact, SuppressedEmail
+from tests.factories import ContactFactory, SignupFormFactory, TagFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_tasks")]
+
+EVIDENCE = services.Evidence(method="form-html", ip="203.0.113.7", user_agent="Firefox")
+
+
+def _subscribe(form, email="Anna@Example.com ", **fields):
+    return services.contact_subscribe(form=form, email=services.normalize_email(email),
+                                      evidence=EVIDENCE, **fields)  # fmt: skip
+
+
+def test_signup_creates_a_pending_contact_with_its_consent_record(
+    django_capture_on_commit_callbacks, mailoutbox
+):
+    tag = TagFactory(name="footer")
+    form = SignupFormFactory()
+    form.tags.add(tag)
+    with django_capture_on_commit_callbacks(execute=True):
+        contact = _subscribe(form, first_name="Anna", phone="+14155550100")
+
+    contact.refresh_from_db()
+    assert contact.email == "anna@example.com"
+    assert contact.status == Contact.Status.PENDING
+    assert contact.source == Contact.Source.FORM
+    assert list(contact.tags.all()) == [tag]
+    event = contact.consent_events.get()
+    assert (event.kind, event.status_before, event.status_after) == ("signup", "", "pending")
+    assert event.ip == "203.0.113.7"
+    assert event.user_agent == "Firefox"
+    assert event.signup_form == form
+    assert event.consent_text == form.consent_text
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == ["anna@example.com"]
+    assert "/confirm/" in mailoutbox[0].body
+
+
+def test_signup_compares_email_case_insensitively():
+    form = SignupFormFactory()
+    first = _subscribe(form, email="Sam@Shop.com")
+    second = _subscribe(form, email="  sam@SHOP.com")
+    assert first.pk == second.pk
+    assert Contact.objects.count() == 1
+
+
+def test_repeated_signups_send_at_most_one_confirmation_per_window(
+    django_capture_on_commit_callbacks, mailoutbox
+):
+    form = SignupFormFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(5):
+            _subscribe(form)
+    assert len(mailoutbox) == 1
+
+    # After the window a new signup may send a fresh link.
+    Contact.objects.update(confirmation_sent_at=timezone.now() - timedelta(minutes=11))
+    with django_capture_on_commit_callbacks(execute=True):
+        _subscribe(form)
+    assert len(mailoutbox) == 2
+
+
+def test_signup_of_a_subscribed_contact_changes_nothing_and_sends_nothing(
+    django_capture_on_commit_callbacks, mailoutbox
+):
+    ContactFactory(email="anna@example.com", first_name="Anna", status="subscribed")
+    with django_capture_on_commit_callbacks(execute=True):
+        contact = _subscribe(SignupFormFactory(), first_name="Mallory")
+    assert contact.status == "subscribed"
+    assert contact.first_name == "Anna"  # a public form never overwrites what we have
+    assert mailoutbox == []
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained"])
+def test_single_opt_in_form_still_double_opts_in_a_suppressed_contact(
+    status, django_capture_on_commit_callbacks, mailoutbox
+):
+    ContactFactory(email="anna@example.com", status=status)
+    form = SignupFormFactory(double_opt_in=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        contact = _subscribe(form)
+    assert contact.status == "pending"
+    assert len(mailoutbox) == 1
+
+
+def test_single_opt_in_form_subscribes_a_new_contact_at_once(mailoutbox):
+    contact = _subscribe(SignupFormFactory(double_opt_in=False))
+    assert contact.status == "subscribed"
+    assert contact.confirmed_at is not None
+    assert mailoutbox == []
+
+
+def test_confirm_subscribes_and_records_the_event():
+    contact = ContactFactory(status="pending")
+    evidence = services.Evidence(method="confirm-link", ip="198.51.100.1")
+    services.contact_confirm(contact=contact, evidence=evidence)
+    contact.refresh_from_db()
+    assert contact.status == "subscribed"
+    event = contact.consent_events.get()
+    assert (event.kind, event.status_before, event.status_after, event.method) == (
+        "confirm", "pending", "subscribed", "confirm-link")  # fmt: skip
+
+
+def test_unsubscribe_is_recorded_once():
+    contact = ContactFactory(status="subscribed")
+    evidence = services.Evidence(method="one-click")
+    services.contact_unsubscribe(contact=contact, evidence=evidence)
+    services.contact_unsubscribe(contact=contact, evidence=evidence)
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert contact.unsubscribed_at is not None
+    assert contact.consent_events.filter(kind="unsubscribe").count() == 1
+
+
+def test_preferences_update_records_what_changed():
+    contact = ContactFactory(first_name="Ann", phone="")
+    services.contact_update_preferences(
+        contact=contact, first_name="Anna", last_name=contact.last_name, phone="+447911123456",
+        evidence=services.Evidence(method="preferences"),
+    )  # fmt: skip
+    event = contact.consent_events.get(kind="preferences")
+    assert event.detail == {"changed": ["first_name", "phone"]}
+
+
+def test_erase_keeps_only_a_hash_and_a_new_signup_lifts_it():
+    contact = ContactFactory(email="gone@example.com")
+    services.contact_erase(contact=contact)
+    assert not Contact.objects.filter(email="gone@example.com").exists()
+    assert not ConsentEvent.objects.exists()
+    suppressed = SuppressedEmail.objects.get()
+    assert suppressed.email_hash == services.email_hash("gone@example.com")
+    assert "gone" not in suppressed.email_hash
+
+    _subscribe(SignupFormFactory(), email="Gone@example.com")
+    assert not SuppressedEmail.objects.exists()
+    assert Contact.objects.get(email="gone@example.com").status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("(415) 555-0100", "+14155550100"), ("+44 7911 123456", "+447911123456"), ("", "")],
+)
+def test_phone_is_stored_in_e164(raw, expected):
+    assert services.normalize_phone(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["12", "not a phone", "+1 555", "9" * 60])
+def test_invalid_phone_is_refused(raw):
+    with pytest.raises(ValidationError):
+        services.normalize_phone(raw)
+
+
+def test_text_cleaning_strips_line_breaks_but_keeps_unicode():
+    assert services.clean_text("Zoë\r\nBcc: x@evil", max_length=100, field="n") == "Zoë Bcc: x@evil"
+    assert services.clean_text("  李 小龍  ", max_length=100, field="n") == "李 小龍"
+
+
+def test_bulk_tag_and_untag():
+    contacts = ContactFactory.create_batch(3)
+    tag = services.tag_get_or_create(name="VIP")
+    assert services.tag_get_or_create(name="vip") == tag
+    qs = Contact.objects.filter(pk__in=[c.pk for c in contacts])
+    services.contacts_tag(contacts=qs, tag=tag)
+    services.contacts_tag(contacts=qs, tag=tag)  # idempotent
+    assert tag.contacts.count() == 3
+    services.contacts_untag(contacts=qs[:1], tag=tag)
+    assert tag.contacts.count() == 2

@@ -1,0 +1,278 @@
+import pytest
+from django.urls import reverse
+
+from audience.forms import render_stamp
+from audience.models import ConsentEvent, Contact
+from audience.tokens import contact_url, make_token
+from tests.factories import ContactFactory, SignupFormFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_tasks", "site_url")]
+
+SHOP = "https://shop.example.com"
+JSON = {"HTTP_ACCEPT": "application/json", "HTTP_ORIGIN": SHOP}
+
+
+@pytest.fixture
+def form():
+    return SignupFormFactory(public_key="shop", phone_field="optional")
+
+
+def _post(client, form, data, **headers):
+    payload = {"consent": "on", "ts": render_stamp(form), **data}
+    return client.post(f"/f/{form.public_key}/submit", payload, **headers)
+
+
+def test_script_embed_signup_answers_json_with_cors_for_the_shop(
+    client, form, mailoutbox, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(client, form, {"email": "anna@example.com"}, **JSON)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "message": form.success_message}
+    assert response["Access-Control-Allow-Origin"] == SHOP
+    contact = Contact.objects.get(email="anna@example.com")
+    assert contact.status == "pending"
+    assert contact.consent_events.get().method == "form-script"
+    assert len(mailoutbox) == 1
+
+
+def test_plain_html_signup_redirects_to_the_thank_you_page(client, form):
+    response = _post(client, form, {"email": "anna@example.com"}, HTTP_ORIGIN=SHOP)
+    assert response.status_code == 302
+    assert response["Location"] == "/f/shop/thanks/"
+    assert client.get(response["Location"]).status_code == 200
+    assert Contact.objects.get().consent_events.get().method == "form-html"
+
+
+def test_plain_html_signup_goes_to_the_forms_redirect_url(client, form):
+    form.redirect_url = "https://shop.example.com/welcome"
+    form.save()
+    response = _post(client, form, {"email": "anna@example.com"}, HTTP_ORIGIN=SHOP)
+    assert response["Location"] == "https://shop.example.com/welcome"
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({"email": "not-an-email"}, "email", "valid email"),
+        ({"email": ""}, "email", "enter your email"),
+        ({"email": "a@example.com", "phone": "12345"}, "phone", "valid phone"),
+        ({"email": "a@example.com", "first_name": "x" * 101}, "first_name", "at most 100"),
+        ({"email": "a@example.com", "consent": ""}, "consent", "tick the box"),
+    ],
+)
+def test_bad_input_gets_a_field_error_and_stores_nothing(client, form, data, field, message):
+    response = _post(client, form, data, **JSON)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert message in " ".join(errors[field]).lower()
+    assert not Contact.objects.exists()
+    assert not ConsentEvent.objects.exists()
+
+
+def test_required_name_is_enforced(client):
+    form = SignupFormFactory(name_field="required")
+    response = _post(client, form, {"email": "a@example.com"}, **JSON)
+    assert response.status_code == 422
+    assert "first_name" in response.json()["errors"]
+
+
+def test_plain_html_errors_rerender_the_form_with_the_message(client, form):
+    response = _post(client, form, {"email": "nope"}, HTTP_ORIGIN=SHOP)
+    assert response.status_code == 422
+    assert b"Please enter a valid email address." in response.content
+    assert b'value="nope"' in response.content
+
+
+def test_unicode_names_are_kept_and_line_breaks_stripped(client, form):
+    data = {"email": "zoe@example.com", "first_name": "Zoë\r\nBcc: evil@x.com", "last_name": "北川"}
+    assert _post(client, form, data, **JSON).status_code == 200
+    contact = Contact.objects.get()
+    assert contact.first_name == "Zoë Bcc: evil@x.com"
+    assert contact.last_name == "北川"
+
+
+def test_answer_is_the_same_for_new_pending_and_subscribed_addresses(client, form):
+    first = _post(client, form, {"email": "new@example.com"}, **JSON)
+    again = _post(client, form, {"email": "new@example.com"}, **JSON)
+    ContactFactory(email="known@example.com", status="subscribed")
+    known = _post(client, form, {"email": "known@example.com"}, **JSON)
+    assert first.status_code == again.status_code == known.status_code == 200
+    assert first.content == again.content == known.content
+
+
+def test_honeypot_is_answered_like_success_and_stores_nothing(client, form):
+    response = _post(client, form, {"email": "bot@example.com", "website": "http://spam"}, **JSON)
+    assert response.status_code == 200
+    assert response.json()["ok"] is True
+    assert not Contact.objects.exists()
+
+
+def test_too_fast_or_forged_stamp_is_dropped_silently(client, form, settings):
+    settings.SIGNUP_MIN_SECONDS = 5
+    fast = _post(client, form, {"email": "fast@example.com"}, **JSON)
+    forged = _post(client, form, {"email": "forged@example.com", "ts": "shop:1.0:bad"}, **JSON)
+    missing = _post(client, form, {"email": "missing@example.com", "ts": ""}, **JSON)
+    assert fast.status_code == forged.status_code == missing.status_code == 200
+    assert not Contact.objects.exists()
+
+
+def test_signup_from_an_origin_not_allowed_is_refused(client, form):
+    response = _post(
+        client, form, {"email": "a@example.com"},
+        HTTP_ACCEPT="application/json", HTTP_ORIGIN="https://evil.example.net",
+    )  # fmt: skip
+    assert response.status_code == 403
+    assert "Access-Control-Allow-Origin" not in response
+    assert not Contact.objects.exists()
+
+
+def test_preflight_allows_only_the_forms_origins(client, form):
+    ok = client.options("/f/shop/submit", HTTP_ORIGIN=SHOP)
+    assert ok.status_code == 204
+    assert ok["Access-Control-Allow-Origin"] == SHOP
+    refused = client.options("/f/shop/submit", HTTP_ORIGIN="https://evil.example.net")
+    assert refused.status_code == 403
+
+
+def test_rate_limit_per_ip(client, form, settings):
+    settings.SIGNUP_RATE_PER_IP = "3/m"
+    codes = [
+        _post(client, form, {"email": f"p{i}@example.com"}, **JSON).status_code for i in range(5)
+    ]
+    assert codes == [200, 200, 200, 429, 429]
+    assert Contact.objects.count() == 3
+
+
+def test_rate_limit_per_form_holds_across_ips(client, form, settings):
+    settings.SIGNUP_RATE_PER_FORM = "2/m"
+    codes = [
+        _post(client, form, {"email": f"p{i}@example.com"}, REMOTE_ADDR=f"198.51.100.{i}",
+              **JSON).status_code
+        for i in range(3)
+    ]  # fmt: skip
+    assert codes == [200, 200, 429]
+
+
+def test_oversized_request_is_refused(client, form, settings):
+    settings.SIGNUP_MAX_BYTES = 2048
+    response = _post(client, form, {"email": "a@example.com", "last_name": "x" * 4000}, **JSON)
+    assert response.status_code == 413
+    assert not Contact.objects.exists()
+
+
+def test_disabled_form_is_gone(client, form):
+    form.enabled = False
+    form.save()
+    assert client.get("/f/shop/").status_code == 404
+    assert _post(client, form, {"email": "a@example.com"}, **JSON).status_code == 404
+
+
+def test_hosted_page_escapes_what_the_admin_typed_and_cannot_be_framed(client):
+    form = SignupFormFactory(public_key="bio", title="<script>alert(1)</script>")
+    response = client.get("/f/bio/")
+    assert response.status_code == 200
+    assert b"<script>alert(1)</script>" not in response.content
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in response.content
+    assert response["X-Frame-Options"] == "DENY"
+    assert form.consent_text.encode() in response.content
+
+
+def test_iframe_view_may_be_framed_only_by_allowed_origins(client, form):
+    response = client.get("/f/shop/frame/")
+    assert response.status_code == 200
+    assert "X-Frame-Options" not in response
+    assert response["Content-Security-Policy"] == f"frame-ancestors 'self' {SHOP}"
+
+
+def test_script_embed_renders_into_a_shadow_root(client, form):
+    response = client.get("/f/shop/embed.js")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/javascript")
+    body = response.content.decode()
+    assert "attachShadow" in body
+    assert "http://testserver/f/shop/submit" in body
+
+
+def test_confirm_link_subscribes(client):
+    contact = ContactFactory(status="pending")
+    response = client.get(contact_url("confirm", contact).removeprefix("http://testserver"))
+    assert response.status_code == 200
+    contact.refresh_from_db()
+    assert contact.status == "subscribed"
+    assert contact.consent_events.get().method == "confirm-link"
+
+
+def test_expired_or_tampered_confirm_link_is_refused(client, settings):
+    contact = ContactFactory(status="pending")
+    token = make_token("confirm", contact)
+    assert client.get(f"/confirm/{token}x/").status_code == 400
+    settings.CONFIRMATION_MAX_AGE_DAYS = -1  # every link is now past its age
+    assert client.get(f"/confirm/{token}/").status_code == 400
+    contact.refresh_from_db()
+    assert contact.status == "pending"
+
+
+def test_unsubscribe_token_cannot_confirm():
+    contact = ContactFactory(status="pending")
+    from audience.tokens import read_token
+
+    assert read_token("confirm", make_token("unsubscribe", contact)) is None
+
+
+def test_get_of_the_unsubscribe_link_never_unsubscribes(client):
+    contact = ContactFactory()
+    response = client.get(f"/u/{make_token('unsubscribe', contact)}/")
+    assert response.status_code == 200
+    assert b"Unsubscribe" in response.content
+    contact.refresh_from_db()
+    assert contact.status == "subscribed"
+
+
+def test_one_click_unsubscribe_needs_no_cookie_or_csrf_and_does_not_redirect():
+    from django.test import Client
+
+    contact = ContactFactory()
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(
+        f"/u/{make_token('unsubscribe', contact)}/",
+        "List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert response.status_code == 200
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert contact.consent_events.get().method == "one-click"
+
+
+def test_unsubscribe_page_button_unsubscribes(client):
+    contact = ContactFactory()
+    response = client.post(f"/u/{make_token('unsubscribe', contact)}/")
+    assert response.status_code == 200
+    assert b"unsubscribed" in response.content
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert contact.consent_events.get().method == "unsubscribe-page"
+
+
+def test_preferences_page_updates_details_and_can_leave(client):
+    contact = ContactFactory(first_name="Ann")
+    url = f"/p/{make_token('preferences', contact)}/"
+    response = client.post(url, {"first_name": "Anna", "last_name": "Lee", "phone": "415 555 0100"})
+    assert response.status_code == 200
+    contact.refresh_from_db()
+    assert (contact.first_name, contact.last_name, contact.phone) == ("Anna", "Lee", "+14155550100")
+    bad = client.post(url, {"first_name": "Anna", "last_name": "Lee", "phone": "123"})
+    assert bad.status_code == 422
+    client.post(url, {"leave": "1"})
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+
+
+def test_demo_shop_page_embeds_the_demo_form(client, settings):
+    settings.STILLHERE_DEMO = True
+    response = client.get(reverse("audience:demo-shop"))
+    assert response.status_code == 200
+    assert b"/f/demo/embed.js" in response.content
+    settings.STILLHERE_DEMO = False
+    assert client.get(reverse("audience:demo-shop")).status_code == 404
