@@ -124,6 +124,8 @@ def contact_subscribe(
     """
     # Signing up anew is the owner's own act: it lifts an erasure's suppression.
     SuppressedEmail.objects.filter(email_hash=email_hash(email)).delete()
+    now = timezone.now()
+    pending = form.double_opt_in
     contact, created = Contact.objects.select_for_update().get_or_create(
         email=email,
         defaults={
@@ -132,36 +134,29 @@ def contact_subscribe(
             "phone": phone,
             "source": Contact.Source.FORM,
             "signup_form": form,
+            "status": Status.PENDING if pending else Status.SUBSCRIBED,
+            "confirmed_at": None if pending else now,
+            # A new contact has had no confirmation yet: claim the window at insert time.
+            "confirmation_sent_at": now if pending else None,
         },
     )
     before = "" if created else contact.status
     if not created:
-        # An unauthenticated form may fill gaps but never overwrite what a contact told us.
-        changed = []
-        for field, value in (
-            ("first_name", first_name),
-            ("last_name", last_name),
-            ("phone", phone),
-        ):
-            if value and not getattr(contact, field):
-                setattr(contact, field, value)
-                changed.append(field)
-        if changed:
-            contact.save(update_fields=[*changed, "updated_at"])
-
-    if contact.status != Status.SUBSCRIBED:
-        # A suppressed address (unsubscribed, bounced, complained) always goes through
-        # double opt-in: anyone can type anyone's address into a form.
-        if form.double_opt_in or contact.status in SUPPRESSED:
-            contact.status = Status.PENDING
-        else:
-            contact.status = Status.SUBSCRIBED
-            contact.confirmed_at = timezone.now()
-        contact.save(update_fields=["status", "confirmed_at", "updated_at"])
+        _fill_gaps(contact, first_name=first_name, last_name=last_name, phone=phone)
+        if contact.status != Status.SUBSCRIBED:
+            # A suppressed address (unsubscribed, bounced, complained) always goes through
+            # double opt-in: anyone can type anyone's address into a form.
+            pending = pending or contact.status in SUPPRESSED
+            contact.status = Status.PENDING if pending else Status.SUBSCRIBED
+            contact.confirmed_at = contact.confirmed_at if pending else now
+            contact.save(update_fields=["status", "confirmed_at", "updated_at"])
 
     tags = list(form.tags.all())
     if tags:
-        contact.tags.add(*tags)
+        through = Contact.tags.through
+        through.objects.bulk_create(
+            [through(contact_id=contact.pk, tag_id=tag.pk) for tag in tags], ignore_conflicts=True
+        )
     _record(
         contact,
         kind=ConsentEvent.Kind.SIGNUP,
@@ -172,8 +167,26 @@ def contact_subscribe(
         detail={"double_opt_in": form.double_opt_in},
     )
     if contact.status == Status.PENDING:
-        confirmation_request(contact=contact)
+        if created:
+            _queue_confirmation(contact)
+        else:
+            confirmation_request(contact=contact)
     return contact
+
+
+def _fill_gaps(contact: Contact, **values: str) -> None:
+    """An unauthenticated form may fill gaps but never overwrite what a contact told us."""
+    changed = [f for f, v in values.items() if v and not getattr(contact, f)]
+    for field in changed:
+        setattr(contact, field, values[field])
+    if changed:
+        contact.save(update_fields=[*changed, "updated_at"])
+
+
+def _queue_confirmation(contact: Contact) -> None:
+    from audience.tasks import send_confirmation
+
+    send_confirmation.delay_on_commit(contact.pk)
 
 
 def confirmation_request(*, contact: Contact) -> bool:
@@ -190,9 +203,7 @@ def confirmation_request(*, contact: Contact) -> bool:
         .update(confirmation_sent_at=now)
     )
     if claimed:
-        from audience.tasks import send_confirmation
-
-        send_confirmation.delay_on_commit(contact.pk)
+        _queue_confirmation(contact)
     return bool(claimed)
 
 

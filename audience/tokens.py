@@ -12,6 +12,7 @@ from django.core import signing
 from django.urls import reverse
 
 from audience.models import Contact
+from audience.services import email_hash
 
 _SALTS = {
     "confirm": "audience.confirm",
@@ -21,9 +22,14 @@ _SALTS = {
 
 
 def make_token(purpose: str, contact: Contact) -> str:
-    # The address is part of the signed value: after an erasure and a new signup under
-    # a reused id (impossible with sequences, but cheap to rule out) old links fail.
-    return signing.dumps([contact.pk, contact.email[:3]], salt=_SALTS[purpose], compress=True)
+    # A fingerprint of the address is part of the signed value, so a link stops working
+    # if the row behind the id ever holds another address. A hash, not the address
+    # itself: the payload of a signed value is readable by anyone who has the link.
+    return signing.dumps([contact.pk, _fingerprint(contact)], salt=_SALTS[purpose])
+
+
+def _fingerprint(contact: Contact) -> str:
+    return email_hash(contact.email)[:10]
 
 
 def read_token(purpose: str, token: str) -> Contact | None:
@@ -33,7 +39,7 @@ def read_token(purpose: str, token: str) -> Contact | None:
     except (signing.BadSignature, ValueError, TypeError):
         return None
     contact = Contact.objects.filter(pk=pk).first()
-    if contact is None or contact.email[:3] != prefix:
+    if contact is None or _fingerprint(contact) != prefix:
         return None
     return contact
 

@@ -1,8 +1,37 @@
-from django.contrib import admin
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, urlize
 from django.utils.safestring import mark_safe
 
-from campaigns.models import OutboxMessage
+from audience.models import Contact, SignupForm, Tag
+from campaigns import segments
+from campaigns.forms import (
+    CampaignAdminForm,
+    EmergencyForm,
+    ScheduleForm,
+    SegmentAdminForm,
+    TestSendForm,
+)
+from campaigns.models import Campaign, OutboxMessage, Segment, SenderSettings
+from campaigns.starters import STARTERS
+
+EDITABLE = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED}
+# Merge fields the compose page lists; the sandboxed renderer defines what really exists.
+MERGE_FIELD_HELP = (
+    'Markdown; raw HTML allowed. Merge fields: {{ first_name|default:"friend" }}, '
+    "{{ last_name }}, {{ full_name }}, {{ email }}, {{ phone }}, {{ attributes.city }}; "
+    "from your sender settings: {{ shop_url }}, {{ shop_phone }}, {{ from_name }}. "
+    "Filters: default, upper, lower, title, capfirst, truncatewords. The layout adds the "
+    "unsubscribe link and your postal address."
+)
 
 
 @admin.register(OutboxMessage)
@@ -29,3 +58,444 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+# --- Sender settings ----------------------------------------------------------------
+
+
+@admin.register(SenderSettings)
+class SenderSettingsAdmin(admin.ModelAdmin):
+    """One row: the list page goes straight to it."""
+
+    fieldsets = [
+        ("From", {"fields": ["from_name", "from_email", "reply_to"]}),
+        (
+            "Shown in every email",
+            {"fields": ["postal_address", "shop_url", "phone", "logo_url", "accent_color"]},
+        ),
+        ("Sending speed", {"fields": ["rate_per_second", "rate_per_hour"]}),
+    ]
+
+    def changelist_view(self, request, extra_context=None):
+        obj = SenderSettings.load()
+        return redirect("admin:campaigns_sendersettings_change", obj.pk)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return self.changelist_view(request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def response_change(self, request, obj):
+        # Back to where the owner came from (a refused send links here with ?next=).
+        target = request.GET.get("next", "")
+        if target.startswith("/admin/") and "_continue" not in request.POST:
+            self.message_user(request, "Sender settings saved.", messages.SUCCESS)
+            return HttpResponseRedirect(target)
+        return super().response_change(request, obj)
+
+
+# --- Segments -------------------------------------------------------------------------
+
+
+def _rule_vocabulary() -> dict:
+    """What the rule builder offers; lists are bounded so a big account stays fast."""
+    return {
+        "fields": {
+            key: {"label": spec.label, "ops": spec.ops, "value": spec.value}
+            for key, spec in segments.RULE_FIELDS.items()
+        },
+        "statuses": Contact.Status.choices,
+        "sources": Contact.Source.choices,
+        "tags": list(Tag.objects.values_list("name", flat=True)[:500]),
+        "forms": list(SignupForm.objects.values_list("pk", "name")[:500]),
+        "campaigns": list(Campaign.objects.order_by("-created_at").values_list("pk", "name")[:200]),
+    }
+
+
+@admin.register(Segment)
+class SegmentAdmin(admin.ModelAdmin):
+    form = SegmentAdminForm
+    list_display = ["name", "match", "rule_count", "created_at"]
+    search_fields = ["name"]
+    readonly_fields = ["recipients"]
+    change_form_template = "admin/campaigns/segment/change_form.html"
+
+    def get_fields(self, request, obj=None):
+        return ["name", "match", "rules", "recipients"] if obj else ["name", "match", "rules"]
+
+    @admin.display(description="rules")
+    def rule_count(self, obj: Segment) -> int:
+        return len(obj.rules or [])
+
+    @admin.display(description="subscribed recipients now")
+    def recipients(self, obj: Segment) -> str:
+        return f"{segments.segment_count(obj):,}"
+
+    def get_urls(self):
+        return [
+            path(
+                "count/",
+                self.admin_site.admin_view(self.count_view),
+                name="campaigns_segment_count",
+            ),
+            *super().get_urls(),
+        ]
+
+    def count_view(self, request: HttpRequest) -> JsonResponse:
+        """Live count for rules being edited: GET ?match=all&rules=[…]."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            rules = json.loads(request.GET.get("rules") or "[]")
+        except ValueError:
+            return JsonResponse({"errors": ["The rules are not valid JSON."]}, status=400)
+        try:
+            segments.validate_rules(rules)
+        except ValidationError as exc:
+            return JsonResponse({"errors": exc.messages}, status=400)
+        match = "any" if request.GET.get("match") == "any" else "all"
+        count = segments.subscribed_count(segments.contacts_matching(rules, match))
+        return JsonResponse({"count": count})
+
+    def render_change_form(self, request, context, *args, **kwargs):
+        context["rule_vocabulary"] = _rule_vocabulary()
+        context["count_url"] = reverse("admin:campaigns_segment_count")
+        return super().render_change_form(request, context, *args, **kwargs)
+
+
+# --- Campaigns ------------------------------------------------------------------------
+
+
+def _sender_problems(sender: SenderSettings) -> list[str]:
+    from campaigns.services import sender_problems
+
+    return sender_problems(sender)
+
+
+def _recipient_count(campaign: Campaign) -> int:
+    from campaigns.selectors import campaign_recipients
+
+    return campaign_recipients(campaign).count()
+
+
+def _preview_contact(campaign: Campaign, wanted: str = "") -> tuple[Contact, str]:
+    """The contact to preview as: the one asked for, else the first recipient, else a sample."""
+    from campaigns.selectors import campaign_recipients
+
+    if wanted:
+        contact = Contact.objects.filter(email=wanted.strip().lower()).first()
+        if contact is not None:
+            return contact, ""
+        note = f"There is no contact {wanted}; showing "
+    else:
+        note = ""
+    contact = campaign_recipients(campaign).order_by("pk").first()
+    if contact is not None:
+        return contact, (note + "the first recipient.") if note else ""
+    # Nobody to send to yet: a sample person, never saved, so the page still previews.
+    sample = Contact(id=0, email="ada@example.com", first_name="Ada", last_name="Lovelace")
+    return sample, note + "a sample contact (the audience is empty)."
+
+
+def _render(campaign: Campaign, contact: Contact, sender: SenderSettings):
+    from campaigns.rendering import render_message
+
+    return render_message(campaign=campaign, contact=contact, sender=sender)
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignAdminForm
+    list_display = ["name", "status", "is_emergency", "audience", "progress", "created_at"]
+    list_filter = ["status", "is_emergency"]
+    search_fields = ["name", "subject"]
+    filter_horizontal = ["tags"]
+    change_form_template = "admin/campaigns/campaign/change_form.html"
+    show_full_result_count = False
+    fieldsets = [
+        (None, {"fields": ["name"]}),
+        ("Message", {"fields": ["subject", "preheader", "body"]}),
+        ("Audience", {"fields": ["audience", "segment", "tags"]}),
+        ("Delivery", {"fields": ["send_mode"], "classes": ["collapse"]}),
+    ]
+    status_fields = ["status", "is_emergency", "scheduled_at", "started_at", "finished_at",
+                     "status_reason", "total_count", "sent_count", "failed_count",
+                     "duplicate_count", "created_by"]  # fmt: skip
+
+    @admin.display(description="progress")
+    def progress(self, obj: Campaign) -> str:
+        if not obj.total_count:
+            return "-"
+        return f"{obj.sent_count:,} / {obj.total_count:,}"
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is not None:
+            fieldsets.append(("Status", {"fields": self.status_fields, "classes": ["collapse"]}))
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        if obj.status not in EDITABLE:
+            # What went out is a record: a campaign that started sending is not edited.
+            return [f for _, opts in self.fieldsets for f in opts["fields"]] + self.status_fields
+        return self.status_fields
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        if "body" in form.base_fields:
+            form.base_fields["body"].help_text = MERGE_FIELD_HELP
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user.get_username()
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # A new campaign's next steps (preview, test, send) live on its change page.
+        if "_addanother" not in request.POST and "_popup" not in request.POST:
+            self.message_user(request, f"“{obj}” saved. Preview it, test it, then send.")
+            return redirect("admin:campaigns_campaign_change", obj.pk)
+        return super().response_add(request, obj, post_url_continue)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deliveries of a started campaign are the record of who got what.
+        if obj is not None and obj.status not in EDITABLE:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    # --- URLs ---
+
+    def get_urls(self):
+        def view(func, name, route):
+            return path(route, self.admin_site.admin_view(func), name=f"campaigns_campaign_{name}")
+
+        return [
+            view(self.emergency_view, "emergency", "emergency/"),
+            view(self.audience_count_view, "audience_count", "audience-count/"),
+            view(self.preview_view, "preview", "<int:object_id>/preview/"),
+            view(self.test_send_view, "test_send", "<int:object_id>/test/"),
+            view(self.schedule_view, "schedule", "<int:object_id>/schedule/"),
+            view(self.confirm_view, "send", "<int:object_id>/send/"),
+            view(self.pause_view, "pause", "<int:object_id>/pause/"),
+            view(self.resume_view, "resume", "<int:object_id>/resume/"),
+            view(self.cancel_view, "cancel", "<int:object_id>/cancel/"),
+            view(self.progress_view, "progress", "<int:object_id>/progress/"),
+            *super().get_urls(),
+        ]
+
+    def _campaign(self, request: HttpRequest, object_id: int, *, change: bool) -> Campaign:
+        campaign = get_object_or_404(Campaign, pk=object_id)
+        allowed = (
+            self.has_change_permission(request, campaign)
+            if change
+            else self.has_view_permission(request, campaign)
+        )
+        if not allowed:
+            raise PermissionDenied
+        return campaign
+
+    def _back(self, campaign: Campaign) -> HttpResponseRedirect:
+        return redirect("admin:campaigns_campaign_change", campaign.pk)
+
+    def _context(self, request: HttpRequest, campaign: Campaign | None, title: str) -> dict:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": campaign,
+            "campaign": campaign,
+            "title": title,
+            "has_view_permission": True,
+        }
+
+    # --- Compose page ---
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        sender = SenderSettings.load()
+        context["sender"] = sender
+        context["audience_count_url"] = reverse("admin:campaigns_campaign_audience_count")
+        if obj is not None:
+            context["sender_problems"] = _sender_problems(sender)
+            context["test_form"] = TestSendForm()
+            context["schedule_form"] = ScheduleForm()
+            context["editable"] = obj.status in EDITABLE
+            context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
+            context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def audience_count_view(self, request: HttpRequest) -> JsonResponse:
+        """Live count while composing: GET ?audience=…&segment=…&tags=1&tags=2."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        audience = request.GET.get("audience", Campaign.Audience.EVERYONE)
+        segment = None
+        if audience == Campaign.Audience.SEGMENT and request.GET.get("segment", "").isdigit():
+            segment = Segment.objects.filter(pk=request.GET["segment"]).first()
+        tag_ids = [int(t) for t in request.GET.getlist("tags") if t.isdigit()]
+        queryset = segments.audience_contacts(audience=audience, segment=segment, tag_ids=tag_ids)
+        return JsonResponse({"count": queryset.count()})
+
+    # --- Preview and test ---
+
+    def preview_view(self, request: HttpRequest, object_id: int) -> TemplateResponse:
+        campaign = self._campaign(request, object_id, change=False)
+        sender = SenderSettings.load()
+        contact, note = _preview_contact(campaign, request.GET.get("contact", ""))
+        context = self._context(request, campaign, f"Preview: {campaign}")
+        try:
+            context["message"] = _render(campaign, contact, sender)
+        except ValidationError as exc:
+            context["render_errors"] = exc.messages
+        context.update(contact=contact, note=note, sender=sender)
+        return TemplateResponse(request, "admin/campaigns/campaign/preview.html", context)
+
+    def test_send_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        from campaigns.services import campaign_send_test
+
+        campaign = self._campaign(request, object_id, change=True)
+        if request.method != "POST":
+            return self._back(campaign)
+        form = TestSendForm(request.POST)
+        if not form.is_valid():
+            for errors in form.errors.values():
+                for error in errors:
+                    self.message_user(request, f"Test not sent: {error}", messages.ERROR)
+            return self._back(campaign)
+        try:
+            sent = campaign_send_test(
+                campaign=campaign,
+                emails=form.cleaned_data["emails"],
+                as_contact=form.cleaned_data["as_contact"],
+            )
+        except ValidationError as exc:
+            self.message_user(request, "Test not sent: " + " ".join(exc.messages), messages.ERROR)
+        else:
+            to = ", ".join(form.cleaned_data["emails"])
+            self.message_user(request, f"Sent {sent} test message(s) to {to}.", messages.SUCCESS)
+        return self._back(campaign)
+
+    # --- Schedule, send, pause, resume, cancel ---
+
+    def schedule_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        from campaigns.services import campaign_schedule
+
+        campaign = self._campaign(request, object_id, change=True)
+        if request.method != "POST":
+            return self._back(campaign)
+        form = ScheduleForm(request.POST)
+        if not form.is_valid():
+            for error in form.errors.get("when", []):
+                self.message_user(request, f"Not scheduled: {error}", messages.ERROR)
+            return self._back(campaign)
+        try:
+            campaign_schedule(campaign=campaign, when=form.cleaned_data["when"])
+        except ValidationError as exc:
+            self.message_user(request, "Not scheduled: " + " ".join(exc.messages), messages.ERROR)
+        else:
+            when = form.cleaned_data["when"]
+            self.message_user(request, f"Scheduled for {when:%Y-%m-%d %H:%M}.", messages.SUCCESS)
+        return self._back(campaign)
+
+    def confirm_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """GET: what will go out, to how many, from whom. POST: send it."""
+        from campaigns.services import campaign_start
+
+        campaign = self._campaign(request, object_id, change=True)
+        sender = SenderSettings.load()
+        if request.method == "POST":
+            try:
+                campaign_start(campaign=campaign, actor=request.user.get_username())
+            except ValidationError as exc:
+                self.message_user(request, "Not sent: " + " ".join(exc.messages), messages.ERROR)
+                return redirect("admin:campaigns_campaign_send", campaign.pk)
+            self.message_user(request, f"Sending “{campaign}”.", messages.SUCCESS)
+            return self._back(campaign)
+
+        contact, note = _preview_contact(campaign)
+        context = self._context(request, campaign, f"Send “{campaign}”?")
+        try:
+            context["message"] = _render(campaign, contact, sender)
+        except ValidationError as exc:
+            context["render_errors"] = exc.messages
+        settings_url = reverse("admin:campaigns_sendersettings_change", args=[sender.pk])
+        context.update(
+            sender=sender,
+            contact=contact,
+            note=note,
+            count=_recipient_count(campaign),
+            problems=_sender_problems(sender),
+            can_send=campaign.status in EDITABLE,
+            settings_url=f"{settings_url}?next={request.path}",
+            change_url=reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
+        )
+        return TemplateResponse(request, "admin/campaigns/campaign/confirm_send.html", context)
+
+    def _transition(self, request, object_id, action, done: str) -> HttpResponse:
+        campaign = self._campaign(request, object_id, change=True)
+        try:
+            action(campaign=campaign, actor=request.user.get_username())
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+        else:
+            self.message_user(request, done, messages.SUCCESS)
+        return self._back(campaign)
+
+    @staticmethod
+    def _services():
+        from campaigns import services
+
+        return services
+
+    def pause_view(self, request, object_id):
+        if request.method != "POST":
+            return redirect("admin:campaigns_campaign_change", object_id)
+        return self._transition(request, object_id, self._services().campaign_pause, "Paused.")
+
+    def resume_view(self, request, object_id):
+        if request.method != "POST":
+            return redirect("admin:campaigns_campaign_change", object_id)
+        return self._transition(request, object_id, self._services().campaign_resume, "Resumed.")
+
+    def cancel_view(self, request, object_id):
+        if request.method != "POST":
+            return redirect("admin:campaigns_campaign_change", object_id)
+        return self._transition(request, object_id, self._services().campaign_cancel, "Cancelled.")
+
+    def progress_view(self, request: HttpRequest, object_id: int) -> JsonResponse:
+        from campaigns.selectors import campaign_progress
+
+        campaign = self._campaign(request, object_id, change=False)
+        return JsonResponse(campaign_progress(campaign))
+
+    # --- Emergency blast ---
+
+    def emergency_view(self, request: HttpRequest) -> HttpResponse:
+        """Pick a starter (and optionally a segment): a ready campaign, then confirm."""
+        from campaigns.services import campaign_create_from_starter
+
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        sender = SenderSettings.load()
+        form = EmergencyForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            campaign = campaign_create_from_starter(
+                starter=STARTERS[form.cleaned_data["starter"]],
+                segment=form.cleaned_data["segment"],
+                actor=request.user.get_username(),
+            )
+            return redirect("admin:campaigns_campaign_send", campaign.pk)
+        context = self._context(request, None, "Send an emergency update")
+        settings_url = reverse("admin:campaigns_sendersettings_change", args=[sender.pk])
+        context.update(
+            form=form,
+            starters=list(STARTERS.values()),
+            sender=sender,
+            problems=_sender_problems(sender),
+            settings_url=f"{settings_url}?next={request.path}",
+            everyone_count=segments.audience_contacts(audience="everyone").count(),
+            segments=Segment.objects.all()[:200],
+        )
+        return TemplateResponse(request, "admin/campaigns/campaign/emergency.html", context)

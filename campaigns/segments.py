@@ -248,3 +248,24 @@ def subscribed_count(queryset: QuerySet[Contact]) -> int:
 def segment_count(segment) -> int:
     """How many subscribed contacts the segment would reach now."""
     return subscribed_count(segment_contacts(segment))
+
+
+def audience_contacts(*, audience: str, segment=None, tag_ids=()) -> QuerySet[Contact]:
+    """Subscribed contacts a campaign's audience choice reaches, before it is saved.
+
+    Used for the live count while composing; a saved campaign's recipients come from
+    campaigns.selectors.campaign_recipients.
+    """
+    subscribed = Contact.objects.filter(status=Contact.Status.SUBSCRIBED)
+    if audience == "segment":
+        if segment is None:
+            return subscribed.none()
+        return segment_contacts(segment).filter(status=Contact.Status.SUBSCRIBED)
+    if audience == "tags":
+        if not tag_ids:
+            return subscribed.none()
+        through = Contact.tags.through
+        return subscribed.filter(
+            Exists(through.objects.filter(contact_id=OuterRef("pk"), tag_id__in=list(tag_ids)))
+        )
+    return subscribed

@@ -1,3 +1,4 @@
+import base64
 from datetime import timedelta
 
 import pytest
@@ -6,6 +7,7 @@ from django.utils import timezone
 
 from audience import services
 from audience.models import ConsentEvent, Contact, SuppressedEmail
+from audience.tokens import make_token
 from tests.factories import ContactFactory, SignupFormFactory, TagFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_tasks")]
@@ -172,3 +174,17 @@ def test_bulk_tag_and_untag():
     assert tag.contacts.count() == 3
     services.contacts_untag(contacts=qs[:1], tag=tag)
     assert tag.contacts.count() == 2
+
+
+def test_confirmation_subject_is_plain_text(mailoutbox, django_capture_on_commit_callbacks):
+    form = SignupFormFactory(title="We're still here & open")
+    with django_capture_on_commit_callbacks(execute=True):
+        _subscribe(form)
+    assert mailoutbox[0].subject == "Please confirm your subscription: We're still here & open"
+
+
+def test_links_do_not_reveal_the_address():
+    contact = ContactFactory(email="secretname@example.com")
+    payload = make_token("unsubscribe", contact).split(":")[0]
+    decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    assert b"secret" not in decoded

@@ -1,0 +1,167 @@
+"""Forms of the campaign admin: segments, composing, test sends, scheduling, the blast."""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.utils import timezone
+
+from campaigns.models import Campaign, Segment
+from campaigns.segments import validate_rules
+from campaigns.starters import STARTERS
+
+MAX_TEST_ADDRESSES = 10
+
+
+class RulesField(forms.JSONField):
+    """The segment's rules as JSON; the admin page drives it with a rule builder."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "widget", forms.Textarea(attrs={"rows": 6, "cols": 80, "class": "vLargeTextField"})
+        )
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, str):
+            return value
+        return json.dumps(value if value is not None else [], indent=1)
+
+
+class SegmentAdminForm(forms.ModelForm):
+    rules = RulesField(
+        required=False,
+        help_text=(
+            'A list of rules such as {"field": "tag", "op": "has", "value": "VIP"}. '
+            "Use the rule builder above; this box is what it writes."
+        ),
+    )
+
+    class Meta:
+        model = Segment
+        fields = ["name", "match", "rules"]
+
+    def clean_rules(self):
+        rules = self.cleaned_data.get("rules")
+        if rules is None:
+            rules = []
+        validate_rules(rules)
+        return rules
+
+
+def _check_template(text: str) -> None:
+    # Imported here so the admin still loads while the sending engine is being built.
+    from campaigns.rendering import check_template
+
+    check_template(text)
+
+
+class CampaignAdminForm(forms.ModelForm):
+    class Meta:
+        model = Campaign
+        fields = ["name", "subject", "preheader", "body", "audience", "segment", "tags",
+                  "send_mode"]  # fmt: skip
+        widgets = {
+            "subject": forms.TextInput(attrs={"class": "vLargeTextField", "size": 80}),
+            "preheader": forms.TextInput(attrs={"class": "vLargeTextField", "size": 80}),
+            "body": forms.Textarea(attrs={"rows": 18, "cols": 90, "class": "vLargeTextField"}),
+            "audience": forms.RadioSelect,
+        }
+
+    def _clean_template(self, name: str) -> str:
+        value = self.cleaned_data.get(name, "")
+        if value:
+            _check_template(value)
+        return value
+
+    def clean_subject(self) -> str:
+        return self._clean_template("subject")
+
+    def clean_preheader(self) -> str:
+        return self._clean_template("preheader")
+
+    def clean_body(self) -> str:
+        return self._clean_template("body")
+
+    def clean(self):
+        data = super().clean()
+        audience = data.get("audience")
+        if audience == Campaign.Audience.SEGMENT and not data.get("segment"):
+            self.add_error("segment", "Choose the segment to send to.")
+        if audience == Campaign.Audience.TAGS and not data.get("tags"):
+            self.add_error("tags", "Choose at least one tag.")
+        return data
+
+
+def parse_addresses(text: str) -> list[str]:
+    """Addresses separated by commas, semicolons, spaces or new lines; each validated."""
+    addresses = []
+    for raw in text.replace(",", " ").replace(";", " ").split():
+        address = raw.strip().lower()
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise ValidationError(f"{raw!r} is not an email address.") from None
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class TestSendForm(forms.Form):
+    emails = forms.CharField(
+        label="Send a test to",
+        widget=forms.TextInput(attrs={"size": 50, "placeholder": "you@example.com, colleague@…"}),
+    )
+    as_contact = forms.CharField(
+        label="as contact",
+        required=False,
+        widget=forms.TextInput(attrs={"size": 30, "placeholder": "contact's email (optional)"}),
+        help_text="Fill the merge fields with this contact's details.",
+    )
+
+    def clean_emails(self) -> list[str]:
+        addresses = parse_addresses(self.cleaned_data["emails"])
+        if not addresses:
+            raise ValidationError("Enter at least one address.")
+        if len(addresses) > MAX_TEST_ADDRESSES:
+            raise ValidationError(f"Send a test to at most {MAX_TEST_ADDRESSES} addresses.")
+        return addresses
+
+    def clean_as_contact(self):
+        from audience.models import Contact
+
+        email = self.cleaned_data["as_contact"].strip().lower()
+        if not email:
+            return None
+        contact = Contact.objects.filter(email=email).first()
+        if contact is None:
+            raise ValidationError(f"There is no contact {email}.")
+        return contact
+
+
+class ScheduleForm(forms.Form):
+    when = forms.DateTimeField(
+        label="Send at",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
+        help_text=f"Server time zone ({timezone.get_default_timezone_name()}).",
+    )
+
+    def clean_when(self):
+        when = self.cleaned_data["when"]
+        if when <= timezone.now():
+            raise ValidationError("Choose a time in the future, or use Send now.")
+        return when
+
+
+class EmergencyForm(forms.Form):
+    starter = forms.ChoiceField(choices=[(key, s.title) for key, s in STARTERS.items()])
+    segment = forms.ModelChoiceField(
+        queryset=Segment.objects.all(),
+        required=False,
+        empty_label="Everyone subscribed",
+        label="Send to",
+    )

@@ -1,0 +1,422 @@
+"""Turn a campaign into each recipient's email.
+
+A campaign is compiled once per process into a *skeleton*: the subject, the HTML part
+and the text part as lists of literal strings and numbered slots. A slot is a merge
+field (`{{ first_name|default:"friend" }}`, an `{% if %}` block) or a per-contact link
+(unsubscribe, preferences). Rendering for one contact fills the slots, so a message
+costs a few string joins, not a template render plus Markdown.
+
+The same skeleton drives batch sending: the literal parts go to the provider once per
+API call, with each slot written in the provider's own placeholder syntax, and each
+recipient's slot values go as `merge_data`. Slot values are rendered once escaped for
+HTML and once raw for text, so a name like `<b>Ann & Bob</b>` shows as typed in both.
+
+Merge fields use a sandboxed Django template engine: no loaders, no `{% load %}` /
+`{% include %}` / `{% extends %}`, a handful of tags and filters, and a context made
+only of the contact's own plain values (no model objects to walk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.utils import formataddr
+from html.parser import HTMLParser
+
+import markdown
+import nh3
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.template import Context, Engine, Library, TemplateSyntaxError, defaultfilters
+from django.template import defaulttags
+from django.template.base import TextNode, VariableNode
+from django.template.loader import render_to_string
+
+from audience.tokens import contact_url
+
+# --- the sandbox -------------------------------------------------------------------
+
+# `safe`, `safeseq`, `escape` off-switches and anything that reads outside the value
+# (e.g. `date` with settings, `pprint`) stay out: a merge field can only shape a string.
+_SAFE_FILTERS = [
+    "default",
+    "default_if_none",
+    "upper",
+    "lower",
+    "title",
+    "capfirst",
+    "truncatechars",
+    "truncatewords",
+    "urlencode",
+    "cut",
+    "first",
+    "length",
+    "yesno",
+]
+_SAFE_TAGS = ["if", "comment", "firstof"]
+
+_library = Library()
+for _name in _SAFE_FILTERS:
+    _library.filters[_name] = defaultfilters.register.filters[_name]
+for _name in _SAFE_TAGS:
+    _library.tags[_name] = defaulttags.register.tags[_name]
+
+_engine = Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, builtins=[])
+_engine.template_builtins = [_library]
+
+CONTACT_FIELDS = ("email", "first_name", "last_name", "full_name", "phone", "attributes")
+# Read-only facts about the sender that starter templates may use.
+SENDER_FIELDS = ("shop_url", "shop_phone", "from_name")
+MERGE_FIELDS = CONTACT_FIELDS + SENDER_FIELDS
+
+
+def check_template(text: str) -> None:
+    """Raise ValidationError if `text` has bad merge-field syntax, a tag outside the
+    sandbox, or a field that does not exist."""
+    leftover = _TAG_RE.sub("", text or "")
+    if "{{" in leftover or "{%" in leftover:
+        raise ValidationError("Merge field error: a {{ or {% is never closed.")
+    try:
+        template = _engine.from_string(text or "")
+    except TemplateSyntaxError as exc:
+        raise ValidationError(f"Merge field error: {exc}") from None
+    for node in template.nodelist.get_nodes_by_type(VariableNode):
+        var = node.filter_expression.var
+        lookups = getattr(var, "lookups", None)
+        if lookups and lookups[0] not in MERGE_FIELDS:
+            raise ValidationError(
+                f"Unknown merge field {lookups[0]!r}. "
+                f"Available: {', '.join(MERGE_FIELDS)} (and attributes.<name>)."
+            )
+
+
+def _contact_context(contact, sender) -> dict:
+    attributes = contact.attributes if isinstance(contact.attributes, dict) else {}
+    return {
+        "email": contact.email,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
+        "full_name": f"{contact.first_name} {contact.last_name}".strip(),
+        "phone": contact.phone,
+        # Plain JSON scalars only: nothing a template could call or walk.
+        "attributes": {
+            str(k): v if isinstance(v, str | int | float | bool) else str(v)
+            for k, v in attributes.items()
+        },
+        "shop_url": sender.shop_url,
+        "shop_phone": sender.phone,
+        "from_name": sender.from_name,
+    }
+
+
+# --- Markdown body → sanitised HTML and plain text ------------------------------------
+
+_TAG_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_HOLE_RE = re.compile(r"zqmrg(\d+)qz")
+_HTML_TAGS = nh3.ALLOWED_TAGS | {"font"}
+_HTML_ATTRIBUTES = {
+    **{tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()},
+    "*": {"style", "align", "width", "height", "title", "class"},
+    "a": {"href", "title", "target"},
+    "img": {"src", "alt", "width", "height", "style"},
+}
+
+
+def _protect(source: str) -> tuple[str, list[str]]:
+    """Swap template tags for inert words so Markdown and the sanitiser leave them be
+    (a `{{ x }}` inside a link URL would otherwise break the link)."""
+    tags: list[str] = []
+
+    def hole(match: re.Match) -> str:
+        tags.append(match.group(0))
+        return f"zqmrg{len(tags) - 1}qz"
+
+    return _TAG_RE.sub(hole, source), tags
+
+
+def _restore(text: str, tags: list[str]) -> str:
+    return _HOLE_RE.sub(lambda m: tags[int(m.group(1))], text)
+
+
+def markdown_to_html(source: str) -> str:
+    html = markdown.markdown(source, extensions=["extra", "sane_lists"], output_format="html")
+    return nh3.clean(html, tags=_HTML_TAGS, attributes=_HTML_ATTRIBUTES)
+
+
+class _TextMaker(HTMLParser):
+    """Sanitised HTML → readable plain text: paragraphs, list bullets, link targets."""
+
+    _BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "tr"}
+    _BLOCKS |= {"blockquote", "pre", "hr", "center", "section", "header", "footer"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.href: list[str | None] = []
+        self.link_text: list[str] = []
+        self.pre = 0
+
+    def _newlines(self, n: int) -> None:
+        text = "".join(self.out)
+        stripped = text.rstrip(" ")
+        have = len(stripped) - len(stripped.rstrip("\n"))
+        self.out = [stripped + "\n" * max(0, n - have)] if stripped else []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in self._BLOCKS:
+            self._newlines(2)
+            if tag == "hr":
+                self.out.append("----")
+                self._newlines(2)
+        if tag == "pre":
+            self.pre += 1
+        elif tag == "br":
+            self._newlines(1)
+        elif tag == "li":
+            self._newlines(1)
+            self.out.append("- ")
+        elif tag == "img" and attrs.get("alt"):
+            self.out.append(attrs["alt"])
+        elif tag == "a":
+            self.href.append(attrs.get("href"))
+            self.link_text.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self.href:
+            href = self.href.pop()
+            text = self.link_text.pop().strip()
+            if href and href != text and not href.startswith("#"):
+                self.out.append(f" ({href})")
+        elif tag == "pre":
+            self.pre = max(0, self.pre - 1)
+        if tag in self._BLOCKS:
+            self._newlines(2)
+
+    def handle_data(self, data):
+        if not self.pre:
+            data = re.sub(r"\s+", " ", data)
+            if not self.out or "".join(self.out[-1:]).endswith(("\n", " ")):
+                data = data.lstrip(" ")
+        if self.link_text:
+            self.link_text[-1] += data
+        self.out.append(data)
+
+    def text(self) -> str:
+        return "".join(self.out).strip() + "\n"
+
+
+def html_to_text(html: str) -> str:
+    maker = _TextMaker()
+    maker.feed(html)
+    maker.close()
+    return maker.text()
+
+
+# --- the compiled skeleton -------------------------------------------------------------
+
+UNSUBSCRIBE = "unsubscribe_url"
+PREFERENCES = "preferences_url"
+_MARKER = "\x00slot:{}\x00"
+_MARKER_RE = re.compile("\x00slot:(\\w+)\x00")
+_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?$")
+
+
+@dataclass
+class Skeleton:
+    """Each part is a list of literal strings and slot numbers (ints)."""
+
+    subject: list
+    html: list
+    text: list
+    # slot number → ("node", Node, autoescape) or ("url", purpose)
+    slots: list = field(default_factory=list)
+    from_email: str = ""
+    reply_to: list = field(default_factory=list)
+    template: object = None  # any Template of the sandbox engine, for node contexts
+
+    def values(self, contact, sender) -> tuple[list[str], dict[str, str]]:
+        """Every slot's value for one contact, and the contact's signed links."""
+        data = _contact_context(contact, sender)
+        html_ctx = Context(data, autoescape=True)
+        text_ctx = Context(data, autoescape=False)
+        html_ctx.template = text_ctx.template = self.template
+        urls = {
+            UNSUBSCRIBE: contact_url("unsubscribe", contact),
+            PREFERENCES: contact_url("preferences", contact),
+        }
+        out = []
+        for slot in self.slots:
+            if slot[0] == "url":
+                out.append(urls[slot[1]])
+            else:
+                out.append(slot[1].render_annotated(html_ctx if slot[2] else text_ctx))
+        return out, urls
+
+    @staticmethod
+    def fill(part: list, values: list[str]) -> str:
+        return "".join(values[p] if type(p) is int else p for p in part)
+
+    @staticmethod
+    def fill_placeholders(part: list, placeholder) -> str:
+        return "".join(placeholder(p) if type(p) is int else p for p in part)
+
+
+class _SkeletonBuilder:
+    def __init__(self):
+        self.slots: list = []
+        self.index: dict = {}
+
+    def slot(self, key, value) -> int:
+        if key not in self.index:
+            self.index[key] = len(self.slots)
+            self.slots.append(value)
+        return self.index[key]
+
+    def template_part(self, source: str, *, autoescape: bool) -> list:
+        template = _engine.from_string(source)
+        self.template = template
+        part: list = []
+        for node in template.nodelist:
+            if isinstance(node, TextNode):
+                part.append(node.s)
+            else:
+                key = (node.token.contents if node.token else id(node), autoescape)
+                part.append(self.slot(key, ("node", node, autoescape)))
+        return part
+
+    def layout_part(self, rendered: str, pieces: dict[str, list]) -> list:
+        """Split a layout rendered with markers into literals, inlining `pieces`."""
+        part: list = []
+        pos = 0
+        for match in _MARKER_RE.finditer(rendered):
+            part.append(rendered[pos : match.start()])
+            name = match.group(1)
+            if name in pieces:
+                part.extend(pieces[name])
+            else:
+                part.append(self.slot(("url", name), ("url", name)))
+            pos = match.end()
+        part.append(rendered[pos:])
+        return [p for p in part if p != ""]
+
+
+def _sender_key(campaign, sender) -> str:
+    raw = "\x1f".join(
+        str(v)
+        for v in (
+            campaign.pk,
+            campaign.subject,
+            campaign.preheader,
+            campaign.body,
+            sender.from_name,
+            sender.from_email,
+            sender.reply_to,
+            sender.postal_address,
+            sender.shop_url,
+            sender.phone,
+            sender.logo_url,
+            sender.accent_color,
+            settings.SITE_URL,
+        )
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+_cache: dict[str, Skeleton] = {}
+
+
+def compile_campaign(campaign, sender) -> Skeleton:
+    """The campaign's skeleton, built once per process per content version."""
+    key = _sender_key(campaign, sender)
+    skeleton = _cache.get(key)
+    if skeleton is None:
+        if len(_cache) > 32:
+            _cache.clear()
+        skeleton = _cache[key] = _build(campaign, sender)
+    return skeleton
+
+
+def _build(campaign, sender) -> Skeleton:
+    for text in (campaign.subject, campaign.preheader, campaign.body):
+        check_template(text)
+    builder = _SkeletonBuilder()
+    protected, tags = _protect(campaign.body or "")
+    body_html = _restore(markdown_to_html(protected), tags)
+    body_text = _restore(html_to_text(markdown_to_html(protected)), tags)
+
+    subject = " ".join((campaign.subject or "").split())
+    subject_part = builder.template_part(subject, autoescape=False)
+    pieces_html = {
+        "body": builder.template_part(body_html, autoescape=True),
+        "preheader": builder.template_part(campaign.preheader or "", autoescape=True),
+        "subject": builder.template_part(subject, autoescape=True),
+    }
+    pieces_text = {
+        "body": builder.template_part(body_text, autoescape=False),
+        "preheader": builder.template_part(campaign.preheader or "", autoescape=False),
+        "subject": subject_part,
+    }
+    accent = sender.accent_color if _COLOR_RE.match(sender.accent_color or "") else "#1f6feb"
+    context = {
+        "sender": sender,
+        "accent_color": accent,
+        "has_preheader": bool(campaign.preheader),
+        **{name: _MARKER.format(name) for name in ("body", "preheader", "subject")},
+        UNSUBSCRIBE: _MARKER.format(UNSUBSCRIBE),
+        PREFERENCES: _MARKER.format(PREFERENCES),
+    }
+    html = render_to_string("email/campaign.html", context)
+    text = render_to_string("email/campaign.txt", context)
+    from_email = (
+        formataddr((sender.from_name, sender.from_email)) if sender.from_name else sender.from_email
+    ) or settings.DEFAULT_FROM_EMAIL
+    return Skeleton(
+        subject=subject_part,
+        html=builder.layout_part(html, pieces_html),
+        text=builder.layout_part(text, pieces_text),
+        slots=builder.slots,
+        from_email=from_email,
+        reply_to=[sender.reply_to] if sender.reply_to else [],
+        template=builder.template,
+    )
+
+
+# --- one recipient's message -------------------------------------------------------------
+
+
+@dataclass
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+    headers: dict[str, str]
+    from_email: str = ""
+    reply_to: list[str] = field(default_factory=list)
+
+
+def unsubscribe_headers(unsubscribe_url: str) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers: the HTTPS one-click URL first, then mailto if set."""
+    value = f"<{unsubscribe_url}>"
+    mailto = getattr(settings, "UNSUBSCRIBE_MAILTO", "")
+    if mailto:
+        value += f", <mailto:{mailto}?subject=unsubscribe>"
+    return {"List-Unsubscribe": value, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def render_from_skeleton(skeleton: Skeleton, contact, sender) -> RenderedMessage:
+    values, urls = skeleton.values(contact, sender)
+    return RenderedMessage(
+        subject=" ".join(Skeleton.fill(skeleton.subject, values).split()),
+        html=Skeleton.fill(skeleton.html, values),
+        text=Skeleton.fill(skeleton.text, values),
+        headers=unsubscribe_headers(urls[UNSUBSCRIBE]),
+        from_email=skeleton.from_email,
+        reply_to=skeleton.reply_to,
+    )
+
+
+def render_message(*, campaign, contact, sender) -> RenderedMessage:
+    """The exact email `contact` gets for `campaign` (also the admin's preview)."""
+    return render_from_skeleton(compile_campaign(campaign, sender), contact, sender)

@@ -1,0 +1,64 @@
+"""Reads about campaigns: who receives one, and how far along it is."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from audience.models import Contact
+from campaigns.models import Campaign, SenderSettings
+
+
+def campaign_recipients(campaign: Campaign) -> QuerySet[Contact]:
+    """Contacts the campaign goes to: subscribed, and in its audience.
+
+    The same queryset feeds the admin's recipient count and the INSERT…SELECT that
+    snapshots the recipients when sending starts.
+    """
+    contacts = Contact.objects.filter(status=Contact.Status.SUBSCRIBED)
+    if campaign.audience == Campaign.Audience.SEGMENT:
+        from campaigns.segments import segment_contacts
+
+        if campaign.segment_id is None:
+            return contacts.none()
+        return contacts.filter(pk__in=segment_contacts(campaign.segment).values("pk"))
+    if campaign.audience == Campaign.Audience.TAGS:
+        through = Contact.tags.through
+        tag_ids = list(campaign.tags.values_list("pk", flat=True)) if campaign.pk else []
+        # A subquery, not a join: a contact with two matching tags is still one recipient.
+        return contacts.filter(
+            pk__in=through.objects.filter(tag_id__in=tag_ids).values("contact_id")
+        )
+    return contacts
+
+
+def campaign_progress(campaign: Campaign) -> dict:
+    """The progress bar's figures, from the counters the chunk tasks keep (no COUNT)."""
+    total = campaign.total_count
+    done = campaign.sent_count + campaign.failed_count
+    remaining = max(0, total - done) if campaign.status != Campaign.Status.SENT else 0
+    rate = 0.0
+    if campaign.started_at and done:
+        end = campaign.finished_at or timezone.now()
+        elapsed = max((end - campaign.started_at).total_seconds(), 0.001)
+        rate = done / elapsed
+    if campaign.status == Campaign.Status.SENDING and rate > 0:
+        eta = round(remaining / rate)
+    else:
+        eta = None
+    return {
+        "status": campaign.status,
+        "total": total,
+        "sent": campaign.sent_count,
+        "failed": campaign.failed_count,
+        "remaining": remaining,
+        "rate_per_second": round(rate, 1),
+        "eta_seconds": eta,
+        "status_reason": campaign.status_reason,
+        "duplicates": campaign.duplicate_count,
+        "percent": round(100 * done / total, 1) if total else 0.0,
+    }
+
+
+def sender_settings() -> SenderSettings:
+    return SenderSettings.load()
