@@ -15,6 +15,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from audience import selectors, services, snippets
+from audience.forms import ContactAdminForm
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
 
 
@@ -103,6 +104,7 @@ class ContactAdmin(admin.ModelAdmin):
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
     filter_horizontal = ["tags"]
     inlines = [ConsentEventInline]
+    form = ContactAdminForm
 
     def get_search_results(self, request, queryset, search_term):
         # Each kind of term goes to an indexed prefix lookup instead of a LIKE '%…%' over
@@ -113,10 +115,12 @@ class ContactAdmin(admin.ModelAdmin):
         return selectors.contacts_search(queryset, term), False
 
     def get_readonly_fields(self, request, obj=None):
-        return self.readonly_fields if obj else ["gdpr"]
+        return self.readonly_fields if obj else []
+
+    def get_fields(self, request, obj=None):
+        return self.fields if obj else ContactAdminForm.Meta.fields
 
     def save_model(self, request, obj, form, change):
-        obj.email = services.normalize_email(obj.email) if obj.email else obj.email
         if not change:
             obj.source = Contact.Source.ADMIN
         super().save_model(request, obj, form, change)

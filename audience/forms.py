@@ -120,3 +120,16 @@ class PreferencesForm(_FieldsMixin, forms.ModelForm):
     class Meta:
         model = Contact
         fields = ["first_name", "last_name", "phone"]
+
+
+class ContactAdminForm(_FieldsMixin, forms.ModelForm):
+    """The admin's contact form: the same cleaning as every other way in."""
+
+    phone = forms.CharField(required=False, max_length=40, label="Phone")
+
+    class Meta:
+        model = Contact
+        fields = ["email", "first_name", "last_name", "phone", "tags", "attributes"]
+
+    def clean_email(self) -> str:
+        return self._clean_with("email", normalize_email)

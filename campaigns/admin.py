@@ -283,6 +283,7 @@ class CampaignAdmin(admin.ModelAdmin):
             view(self.pause_view, "pause", "<int:object_id>/pause/"),
             view(self.resume_view, "resume", "<int:object_id>/resume/"),
             view(self.cancel_view, "cancel", "<int:object_id>/cancel/"),
+            view(self.unschedule_view, "unschedule", "<int:object_id>/unschedule/"),
             view(self.progress_view, "progress", "<int:object_id>/progress/"),
             *super().get_urls(),
         ]
@@ -463,6 +464,16 @@ class CampaignAdmin(admin.ModelAdmin):
         if request.method != "POST":
             return redirect("admin:campaigns_campaign_change", object_id)
         return self._transition(request, object_id, self._services().campaign_cancel, "Cancelled.")
+
+    def unschedule_view(self, request, object_id):
+        if request.method != "POST":
+            return redirect("admin:campaigns_campaign_change", object_id)
+        return self._transition(
+            request,
+            object_id,
+            self._services().campaign_unschedule,
+            "No longer scheduled: back to draft.",
+        )
 
     def progress_view(self, request: HttpRequest, object_id: int) -> JsonResponse:
         from campaigns.selectors import campaign_progress

@@ -155,6 +155,9 @@ class Delivery(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     claim_token = models.CharField(max_length=40, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Set when the sweeper took this row back from a worker that died holding it: that
+    # worker may have sent it already, so sending it again counts as a possible duplicate.
+    requeued = models.BooleanField(default=False)
     sent_at = models.DateTimeField(null=True, blank=True)
     message_id = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)

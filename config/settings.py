@@ -105,7 +105,7 @@ TEMPLATES = [
 # --- Database --------------------------------------------------------------
 DATABASES = {
     "default": parse_database_url(
-        env_str("DATABASE_URL", "sqlite:///var/stillhere.sqlite3"), base_dir=BASE_DIR
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'stillhere.sqlite3'}"), base_dir=BASE_DIR
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
@@ -166,6 +166,33 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_TIMEOUT", 4.0, minimum=0.1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
+
+# --- Campaign sending ---------------------------------------------------------------
+# Recipients per chunk task (one claim, one provider connection, one counter update).
+CAMPAIGN_CHUNK_SIZE = env_int("CAMPAIGN_CHUNK_SIZE", 500, minimum=1)
+# Recipients per provider API call in batch mode (Mailgun takes at most 1000).
+CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500, minimum=1)
+# A claim older than this belongs to a dead worker: the sweeper re-queues its rows.
+CAMPAIGN_CLAIM_TIMEOUT = env_int("CAMPAIGN_CLAIM_TIMEOUT", 300, minimum=5)
+# How often a chunk in flight looks for pause/cancel (seconds).
+CAMPAIGN_STATUS_CHECK_SECONDS = env_float("CAMPAIGN_STATUS_CHECK_SECONDS", 1.0, minimum=0)
+# This many failed chunks in a row (provider 429/5xx/timeouts) pause the campaign.
+CAMPAIGN_MAX_FAILED_CHUNKS = env_int("CAMPAIGN_MAX_FAILED_CHUNKS", 3, minimum=1)
+CAMPAIGN_MAX_RETRIES = env_int("CAMPAIGN_MAX_RETRIES", 8, minimum=0)
+CAMPAIGN_RETRY_BACKOFF = env_float("CAMPAIGN_RETRY_BACKOFF", 5.0, minimum=0)
+CAMPAIGN_RETRY_BACKOFF_MAX = env_float("CAMPAIGN_RETRY_BACKOFF_MAX", 300.0, minimum=0)
+# Optional mailto for List-Unsubscribe, next to the one-click HTTPS URL.
+UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
+CELERY_BEAT_SCHEDULE = {
+    "campaigns-start-due": {
+        "task": "campaigns.tasks.start_due_campaigns",
+        "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),
+    },
+    "campaigns-sweep-stale-claims": {
+        "task": "campaigns.tasks.sweep_stale_claims",
+        "schedule": env_float("CAMPAIGN_SWEEP_SECONDS", 60.0, minimum=1),
+    },
+}
 
 # --- Email -------------------------------------------------------------------
 _PROVIDERS = {

@@ -128,6 +128,13 @@ SHOPIFY = Profile(
     ignored=frozenset({"customer id"}),
 )
 
+_META_IGNORED = frozenset(
+    {
+        "id", "created time", "ad id", "ad name", "adset id", "adset name",
+        "campaign id", "form id", "is organic", "lead status",
+    }
+)  # fmt: skip
+
 META_LEADS = Profile(
     key="meta_leads",
     label="Meta (Facebook / Instagram) Lead Ads download",
@@ -147,10 +154,7 @@ META_LEADS = Profile(
         "campaign name": "attribute",
         "platform": "attribute",
     },
-    ignored=frozenset(
-        {"id", "created time", "ad id", "ad name", "adset id", "adset name", "campaign id",
-         "form id", "is organic", "lead status"}
-    ),  # fmt: skip
+    ignored=_META_IGNORED,
 )
 
 WOOCOMMERCE = Profile(

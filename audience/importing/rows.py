@@ -43,9 +43,9 @@ def email_of(raw: str) -> str:
     email = raw.strip().lower()
     if _SIMPLE_EMAIL.fullmatch(email) and ".." not in email and not email.startswith("."):
         labels = email.rsplit("@", 1)[1].split(".")
-        if not any(label.startswith("-") or label.endswith("-") for label in labels):
-            if not labels[-1].isdigit() and len(email) <= 254:
-                return email
+        hyphen_edge = any(label.startswith("-") or label.endswith("-") for label in labels)
+        if not hyphen_edge and not labels[-1].isdigit() and len(email) <= 254:
+            return email
     return normalize_email(email)
 
 

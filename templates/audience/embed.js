@@ -10,7 +10,7 @@
   var root = host.attachShadow ? host.attachShadow({ mode: "open" }) : host;
   root.innerHTML = "<style>{% filter escapejs %}{% include "audience/embed.css" %}{% endfilter %}</style>" +
     "<div class=\"sh-wrap\">" +
-    "{% filter escapejs %}{% if signup_form.title %}<h2 class=\"sh-title\">{{ signup_form.title|force_escape }}</h2>{% endif %}{% if signup_form.intro %}<p class=\"sh-intro\">{{ signup_form.intro|force_escape }}</p>{% endif %}{% autoescape on %}{% include "audience/_signup_fields.html" %}{% endautoescape %}{% endfilter %}" +
+    "{% filter escapejs %}{% if signup_form.title %}<h2 class="sh-title">{{ signup_form.title|force_escape }}</h2>{% endif %}{% if signup_form.intro %}<p class="sh-intro">{{ signup_form.intro|force_escape }}</p>{% endif %}{% autoescape on %}{% include "audience/_signup_fields.html" %}{% endautoescape %}{% endfilter %}" +
     "<p class=\"sh-success\" role=\"status\" hidden></p></div>";
 
   var form = root.querySelector("form");

@@ -122,3 +122,16 @@ def test_signup_form_refuses_an_allowed_origin_with_a_path(admin_client):
     )  # fmt: skip
     assert response.status_code == 200
     assert "Each line must be an origin" in response.content.decode()
+
+
+def test_admin_added_contact_is_normalised(admin_client):
+    response = admin_client.post(
+        "/admin/audience/contact/add/",
+        {"email": " Kim@Example.COM ", "first_name": "Kim", "last_name": "",
+         "phone": "(415) 555-0100", "attributes": "{}",
+         "consent_events-TOTAL_FORMS": "0", "consent_events-INITIAL_FORMS": "0"},
+    )  # fmt: skip
+    assert response.status_code == 302, response.content
+    contact = Contact.objects.get()
+    assert (contact.email, contact.phone, contact.source) == (
+        "kim@example.com", "+14155550100", "admin")  # fmt: skip

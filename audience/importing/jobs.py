@@ -1,0 +1,394 @@
+"""An import from upload to summary. The admin, the Celery task and
+``manage.py import_contacts`` all go through these functions, so they share one path:
+
+    job_create (detect, refuse bad files, store nothing if so)
+    → job_preview (dry run: mapping, first rows as stored, counts)
+    → job_start (options; dispatch run_import after commit, or run inline)
+    → run_job (chunks of CHUNK rows, each in its own transaction; progress; rejected CSV)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from audience.exporting import neutralise
+from audience.importing.profiles import (
+    BY_KEY,
+    GENERIC,
+    TARGETS,
+    Profile,
+    default_mapping,
+    detect_profile,
+    guess_email_column,
+)
+from audience.importing.reading import BadRow, Detected, ImportFileError, Reader, check_xlsx, detect
+from audience.importing.rows import Record, RowError, RowParser
+from audience.importing.upsert import NEW_STATUS_CHOICES, ImportContext, TagCache, import_chunk
+from audience.models import ImportJob
+from audience.services import clean_text
+
+log = logging.getLogger(__name__)
+
+CHUNK = 5000
+SAMPLE_ROWS = 20
+PREVIEW_COUNT_LIMIT = 20_000
+Progress = Callable[[int, int, Counter], None]
+
+
+@dataclass
+class Inspection:
+    detected: Detected
+    header: list[str]
+    profile: Profile
+    mapping: list[str]
+    rows_total: int
+    sample: list[list[str]] = field(default_factory=list)
+
+
+def _header_and_rows(reader: Reader) -> tuple[list[str], int, Iterator]:
+    """Skip blank lines before the header; return it, its line number and the rest."""
+    rows = reader.rows()
+    line = 0
+    for row in rows:
+        line += 1
+        if isinstance(row, BadRow):
+            continue
+        header = [cell.replace("\ufeff", "").strip() for cell in row]
+        if any(header):
+            return header, line, rows
+    raise ImportFileError("The file has no rows.")
+
+
+def inspect(f: BinaryIO, *, unknown: str = "attribute", profile_key: str = "") -> Inspection:
+    """Decide how to read the file and map it; raise ImportFileError if it cannot be."""
+    detected = detect(f)
+    if detected.file_format == "xlsx":
+        check_xlsx(f)
+    with Reader(f, detected) as reader:
+        header, _, rows = _header_and_rows(reader)
+        sample: list[list[str]] = []
+        total = 0
+        for row in rows:
+            if isinstance(row, BadRow) or any(cell.strip() for cell in row):
+                total += 1
+                if len(sample) < SAMPLE_ROWS and not isinstance(row, BadRow):
+                    sample.append(row)
+    if len(header) > 500:
+        raise ImportFileError(
+            f"The first row has {len(header)} columns: this does not look like a contact list."
+        )
+    profile = BY_KEY.get(profile_key) or detect_profile(header)
+    mapping = default_mapping(header, profile, unknown=unknown)
+    if "email" not in mapping:
+        guessed = guess_email_column(header, sample)
+        if guessed is None:
+            shown = ", ".join(h for h in header[:12] if h) or "(none)"
+            raise ImportFileError(
+                "No email column found. Name a column “Email” (or “E-mail”, "
+                f"“Email Address”) and upload again. Columns in this file: {shown}."
+            )
+        mapping[guessed] = "email"
+    return Inspection(detected, header, profile, mapping, total, sample)
+
+
+def job_create(
+    *,
+    f: BinaryIO,
+    name: str,
+    size: int,
+    user=None,
+    unknown: str = "attribute",
+    profile_key: str = "",
+) -> ImportJob:
+    """Check the file and keep it for the preview. A bad file stores nothing."""
+    limit = settings.IMPORT_MAX_BYTES
+    if size > limit:
+        raise ImportFileError(
+            f"The file is {size / 1_048_576:.1f} MB; the largest accepted is "
+            f"{limit / 1_048_576:.1f} MB (IMPORT_MAX_BYTES). Split it, or ask your "
+            "administrator to raise the limit."
+        )
+    found = inspect(f, unknown=unknown, profile_key=profile_key)
+    f.seek(0)
+    job = ImportJob(
+        original_name=Path(name).name[:255],
+        size=size,
+        profile=found.profile.key,
+        file_format=found.detected.file_format,
+        encoding=found.detected.encoding,
+        delimiter=found.detected.delimiter,
+        columns=found.header,
+        mapping=found.mapping,
+        options=default_options(found.profile, unknown=unknown),
+        rows_total=found.rows_total,
+        created_by=user if getattr(user, "pk", None) else None,
+    )
+    job.file.save(Path(name).name or "import.csv", File(f), save=False)
+    job.save()
+    return job
+
+
+def default_options(profile: Profile, *, unknown: str = "attribute") -> dict:
+    return {"tags": [], "source": profile.key, "new_status": "none", "unknown": unknown}
+
+
+def clean_options(raw: dict) -> dict:
+    tags = raw.get("tags") or []
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    tags = [clean_text(t, max_length=100, field="tags") for t in tags]
+    new_status = raw.get("new_status") or "none"
+    unknown = raw.get("unknown") or "attribute"
+    if new_status not in NEW_STATUS_CHOICES:
+        raise ValueError(f"new_status must be one of {', '.join(NEW_STATUS_CHOICES)}")
+    if unknown not in {"attribute", "ignore"}:
+        raise ValueError("unknown must be 'attribute' or 'ignore'")
+    return {
+        "tags": [t for t in dict.fromkeys(tags) if t],
+        "source": clean_text(str(raw.get("source") or ""), max_length=100, field="source"),
+        "new_status": new_status,
+        "unknown": unknown,
+    }
+
+
+def clean_mapping(job: ImportJob, mapping: list[str]) -> list[str]:
+    if len(mapping) != len(job.columns) or any(t not in TARGETS for t in mapping):
+        raise ValueError("The mapping must name one known target per column.")
+    singles = [t for t in mapping if t not in {"attribute", "ignore"}]
+    if len(singles) != len(set(singles)):
+        raise ValueError("Each field can come from one column only.")
+    if "email" not in mapping:
+        raise ValueError("Choose the column that holds the email address.")
+    return mapping
+
+
+def _context(job: ImportJob, *, actor: str = "") -> ImportContext:
+    options = job.options or {}
+    return ImportContext(
+        job_id=job.pk,
+        actor=actor or (job.created_by.get_username() if job.created_by else ""),
+        new_status=options.get("new_status", "none"),
+        source_label=options.get("source", ""),
+        tag_names=tuple(options.get("tags", [])),
+        file_name=job.original_name,
+    )
+
+
+def _parser(job: ImportJob) -> RowParser:
+    profile = BY_KEY.get(job.profile, GENERIC)
+    try:
+        return RowParser(job.columns, job.mapping, tag_style=profile.tag_style)
+    except RowError:
+        raise ImportFileError("Choose the column that holds the email address.") from None
+
+
+def _chunks(
+    f: BinaryIO, job: ImportJob, parser: RowParser, on_reject: Callable
+) -> Iterator[tuple[list[Record], int, int]]:
+    """Yield (distinct records, file rows consumed, duplicates merged) per chunk."""
+    detected = Detected(job.file_format, job.encoding, job.delimiter)
+    with Reader(f, detected) as reader:
+        _, line, rows = _header_and_rows(reader)
+        chunk: dict[str, Record] = {}
+        consumed = merged = 0
+        for row in rows:
+            line += 1
+            if isinstance(row, BadRow):
+                consumed += 1
+                on_reject(row.line, row.reason, [])
+            elif not any(cell.strip() for cell in row):
+                continue
+            else:
+                consumed += 1
+                try:
+                    record = parser.parse(row, line)
+                except RowError as exc:
+                    on_reject(line, str(exc), row)
+                else:
+                    if record.email in chunk:
+                        chunk[record.email].merge(record)
+                        merged += 1
+                    else:
+                        chunk[record.email] = record
+            if consumed >= CHUNK:
+                yield list(chunk.values()), consumed, merged
+                chunk, consumed, merged = {}, 0, 0
+        if chunk or consumed:
+            yield list(chunk.values()), consumed, merged
+
+
+@dataclass
+class Preview:
+    rows: list[dict]
+    counts: Counter
+    counted_rows: int
+    complete: bool
+
+
+def job_preview(job: ImportJob, *, show: int = 10, limit: int = PREVIEW_COUNT_LIMIT) -> Preview:
+    """A dry run over the first ``limit`` rows: nothing is written, not even a tag."""
+    parser = _parser(job)
+    ctx = _context(job)
+    tags = TagCache(create=False)
+    counts: Counter = Counter()
+    shown: list[dict] = []
+    counted = 0
+
+    def on_reject(line, reason, row):
+        counts["invalid"] += 1
+        if len(shown) < show:
+            shown.append({"line": line, "outcome": "invalid", "reason": reason})
+
+    with job.file.open("rb") as f:
+        for records, consumed, merged in _chunks(f, job, parser, on_reject):
+            plan = import_chunk(records, ctx=ctx, tags=tags, dry_run=True)
+            counts.update(plan.counts)
+            counts["merged"] += merged
+            counted += consumed
+            new = {n.record.email: n for n in plan.new}
+            changes = {c.record.email: c for c in plan.changes}
+            for record in records:
+                if len(shown) >= show:
+                    break
+                shown.append(_shown(record, plan.outcome[record.email], new, changes, ctx))
+            if counted >= limit:
+                break
+    shown.sort(key=lambda r: r["line"])
+    return Preview(shown, counts, counted, complete=counted >= job.rows_total)
+
+
+def _shown(record: Record, outcome: str, new: dict, changes: dict, ctx: ImportContext) -> dict:
+    item = {
+        "line": record.line,
+        "outcome": outcome,
+        "email": record.email,
+        "first_name": record.first_name,
+        "last_name": record.last_name,
+        "phone": record.phone,
+        "tags": list(dict.fromkeys([*ctx.tag_names, *record.tags])),
+        "attributes": record.attributes,
+        "evidence": record.evidence,
+        "status": "",
+        "reason": "invalid phone number left out" if record.phone_dropped else "",
+    }
+    if record.email in new:
+        item["status"] = new[record.email].status
+        if ctx.source_label:
+            item["attributes"] = {**record.attributes, "import_source": ctx.source_label}
+    elif record.email in changes and changes[record.email].status_after:
+        change = changes[record.email]
+        item["status"] = f"{change.status_before} → {change.status_after}"
+    elif outcome == "suppressed":
+        item["status"] = "not changed (suppressed)"
+    else:
+        item["status"] = "not changed"
+    return item
+
+
+def job_start(
+    *, job: ImportJob, mapping: list[str] | None = None, options: dict | None = None,
+    dispatch: bool = True,
+) -> ImportJob:  # fmt: skip
+    """Fix the mapping and options and queue the run (after commit)."""
+    if mapping is not None:
+        job.mapping = clean_mapping(job, mapping)
+    if options is not None:
+        job.options = clean_options(options)
+    with transaction.atomic():
+        claimed = ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.UPLOADED).update(
+            status=ImportJob.Status.QUEUED, mapping=job.mapping, options=job.options
+        )
+        if claimed and dispatch:
+            from audience.tasks import run_import
+
+            run_import.delay_on_commit(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | None:
+    """Run a queued import. Safe to call twice: only one caller claims the job."""
+    now = timezone.now()
+    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
+        status=ImportJob.Status.RUNNING, started_at=now, rows_done=0
+    )
+    if not claimed:
+        return None
+    job = ImportJob.objects.select_related("created_by").get(pk=job_id)
+    counts: Counter = Counter()
+    done = 0
+    rejected_count = 0
+    with tempfile.TemporaryFile() as raw:
+        # utf-8-sig: Excel opens it with the right characters.
+        rejected = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        writer = csv.writer(rejected)
+        writer.writerow(["line", "reason", *map(neutralise, job.columns)])
+
+        def on_reject(line, reason, row):
+            nonlocal rejected_count
+            rejected_count += 1
+            counts["invalid"] += 1
+            # The file came from elsewhere and will be opened in a spreadsheet.
+            writer.writerow([line, reason, *map(neutralise, row)])
+
+        try:
+            parser = _parser(job)
+            ctx = _context(job)
+            tags = TagCache()
+            last_saved = 0.0
+            with job.file.open("rb") as f:
+                for records, consumed, merged in _chunks(f, job, parser, on_reject):
+                    plan = import_chunk(records, ctx=ctx, tags=tags)
+                    counts.update(plan.counts)
+                    counts["merged"] += merged
+                    counts["phone_dropped"] += sum(1 for r in records if r.phone_dropped)
+                    done += consumed
+                    if time.monotonic() - last_saved > 0.5:
+                        last_saved = time.monotonic()
+                        ImportJob.objects.filter(pk=job.pk).update(
+                            rows_done=done, counts=dict(counts)
+                        )
+                    if progress:
+                        progress(done, max(job.rows_total, done), counts)
+        except ImportFileError as exc:
+            return _finish(job, ImportJob.Status.FAILED, done, counts, error=str(exc))
+        except Exception:
+            log.exception("import %s failed", job.pk)
+            _finish(job, ImportJob.Status.FAILED, done, counts,
+                    error="The import stopped on an unexpected error; the rows before it "
+                    "were imported, and running the same file again is safe.")  # fmt: skip
+            raise
+        if rejected_count:
+            rejected.flush()
+            raw.seek(0)
+            job.rejected.save(f"rejected-{job.pk}.csv", File(raw), save=False)
+            ImportJob.objects.filter(pk=job.pk).update(rejected=job.rejected.name)
+        rejected.detach()
+    return _finish(job, ImportJob.Status.DONE, done, counts)
+
+
+def _finish(job: ImportJob, status: str, done: int, counts: Counter, error: str = "") -> ImportJob:
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=status,
+        rows_done=done,
+        counts=dict(counts),
+        error=error,
+        finished_at=timezone.now(),
+        rows_total=max(job.rows_total, done),
+    )
+    job.refresh_from_db()
+    return job

@@ -1,0 +1,487 @@
+"""The bulk write: one chunk of clean records → contacts, tags and consent events.
+
+Each chunk is planned in Python against one SELECT of the contacts it touches, then
+written with a handful of set-based statements (PostgreSQL: COPY into a temp table,
+then INSERT … SELECT … ON CONFLICT; elsewhere Django's bulk_create / bulk_update).
+django-import-export's row-by-row Resource path ran at a few hundred rows/s here;
+bench/import.py keeps the measurement of this path against a raw COPY.
+
+The consent rules live in ``_plan``, and they are the point of the module:
+
+* Only an INSERT ever writes ``subscribed``: a new contact whose row carries consent
+  evidence, when the user asked for that. An existing contact's status changes only
+  towards suppression (the file's own unsubscribed / bounced rows), never back.
+* An erased address (SuppressedEmail hash) is skipped entirely.
+* Every status an import sets writes a ConsentEvent (kind=import) carrying the file's
+  evidence (opt-in/confirm times and IPs, consent values), in the same transaction.
+* A second run of the same file finds nothing to change and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from audience import services
+from audience.importing.rows import Record
+from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag
+
+Status = Contact.Status
+SUPPRESSED = {str(s) for s in services.SUPPRESSED}
+NEW_STATUS_CHOICES = {
+    "none": "Store them without subscribing (no email is sent)",
+    "pending": "Pending: send each new contact a double opt-in email",
+    "consent": "Subscribed, for rows that carry consent evidence (others are stored only)",
+}
+_IN_BATCH = 900  # SQLite's historical limit on parameters per statement
+
+
+@dataclass(frozen=True)
+class ImportContext:
+    job_id: int | None
+    actor: str
+    new_status: str  # a NEW_STATUS_CHOICES key
+    source_label: str
+    tag_names: tuple[str, ...] = ()
+    file_name: str = ""
+
+
+@dataclass
+class NewContact:
+    record: Record
+    status: str
+    confirmed_at: dt.datetime | None
+    unsubscribed_at: dt.datetime | None
+    send_confirmation: bool
+
+
+@dataclass
+class Change:
+    contact_id: int
+    record: Record
+    fields: dict[str, object]
+    status_before: str
+    status_after: str | None  # None: status unchanged
+    new_tag_ids: list[int]
+
+
+@dataclass
+class Plan:
+    new: list[NewContact] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    outcome: dict[str, str] = field(default_factory=dict)  # email → new/updated/…
+    counts: Counter = field(default_factory=Counter)
+
+
+def _when(value: str | None, default: dt.datetime) -> dt.datetime:
+    if not value:
+        return default
+    try:
+        parsed = parse_datetime(value.strip().replace("/", "-"))
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        return default
+    if timezone.is_naive(parsed):
+        # Mailchimp and Klaviyo write their timestamps in UTC.
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return min(parsed, default)
+
+
+def _batches(items: list, size: int = _IN_BATCH):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class TagCache:
+    """Tag name (any case) → id, created on first use; lives for one import.
+
+    With create=False (the preview) a tag that does not exist yet gets a negative
+    stand-in id, so the preview can count "updated" without storing anything.
+    """
+
+    def __init__(self, *, create: bool = True) -> None:
+        self.create = create
+        self._ids: dict[str, int] = {}
+
+    def ids(self, names) -> list[int]:
+        out = []
+        for name in names:
+            key = name.lower()
+            if key not in self._ids:
+                if self.create:
+                    self._ids[key] = services.tag_get_or_create(name=name).pk
+                else:
+                    tag = Tag.objects.filter(name__iexact=name).first()
+                    self._ids[key] = tag.pk if tag else -1 - len(self._ids)
+            out.append(self._ids[key])
+        return out
+
+
+def _erased(emails: list[str]) -> set[str]:
+    by_hash = {services.email_hash(e): e for e in emails}
+    found: set[str] = set()
+    for batch in _batches(list(by_hash)):
+        found.update(
+            SuppressedEmail.objects.filter(email_hash__in=batch).values_list(
+                "email_hash", flat=True
+            )
+        )
+    return {by_hash[h] for h in found}
+
+
+def _existing(emails: list[str], *, lock: bool) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    fields = ("id", "email", "status", "first_name", "last_name", "phone", "attributes")
+    for batch in _batches(emails, 5000 if connection.vendor == "postgresql" else _IN_BATCH):
+        qs = Contact.objects.filter(email__in=batch)
+        if lock:
+            # Held until the chunk commits: a concurrent unsubscribe waits for us, and we
+            # decide on the status it will actually have.
+            qs = qs.select_for_update()
+        for row in qs.values(*fields):
+            rows[row["email"]] = row
+    return rows
+
+
+def _existing_tags(contact_ids: list[int]) -> set[tuple[int, int]]:
+    through = Contact.tags.through
+    pairs: set[tuple[int, int]] = set()
+    for batch in _batches(contact_ids):
+        pairs.update(
+            through.objects.filter(contact_id__in=batch).values_list("contact_id", "tag_id")
+        )
+    return pairs
+
+
+def plan_chunk(
+    records: list[Record], *, ctx: ImportContext, tags: TagCache, now: dt.datetime, lock: bool
+) -> Plan:
+    """Decide what each record does, reading only. ``records`` hold distinct emails."""
+    plan = Plan()
+    emails = [r.email for r in records]
+    erased = _erased(emails)
+    existing = _existing([e for e in emails if e not in erased], lock=lock)
+    links = _existing_tags([row["id"] for row in existing.values()]) if existing else set()
+    option_tag_ids = tags.ids(ctx.tag_names)
+
+    for record in records:
+        if record.email in erased:
+            plan.outcome[record.email] = "suppressed"
+            plan.counts["suppressed"] += 1
+            continue
+        row = existing.get(record.email)
+        tag_ids = list(dict.fromkeys(option_tag_ids + tags.ids(record.tags)))
+        if row is None:
+            plan.new.append(_new_contact(record, ctx=ctx, now=now))
+            plan.outcome[record.email] = "new"
+            plan.counts["new"] += 1
+            continue
+        change = _change(record, row, tag_ids=tag_ids, links=links, now=now)
+        if change is not None:
+            plan.changes.append(change)
+        if row["status"] in SUPPRESSED:
+            outcome = "suppressed"
+        else:
+            outcome = "updated" if change is not None else "unchanged"
+        plan.outcome[record.email] = outcome
+        plan.counts[outcome] += 1
+    return plan
+
+
+def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> NewContact:
+    ev = record.evidence
+    if record.signal in {"unsubscribed", "bounced"}:
+        status = Status.UNSUBSCRIBED if record.signal == "unsubscribed" else Status.BOUNCED
+        when = _when(ev.get("unsub_time") or ev.get("clean_time"), now)
+        return NewContact(record, status, None, when, False)
+    if record.signal != "no" and ctx.new_status == "consent" and record.has_consent:
+        when = _when(ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time"), now)
+        return NewContact(record, Status.SUBSCRIBED, when, None, False)
+    # A declined row ("no", NEVER_SUBSCRIBED) is kept but never sent a double opt-in
+    # mail: asking someone who said no is the mail they said no to.
+    send = ctx.new_status == "pending" and record.signal != "no"
+    return NewContact(record, Status.PENDING, None, None, send)
+
+
+def _change(
+    record: Record, row: dict, *, tag_ids: list[int], links: set, now: dt.datetime
+) -> Change | None:
+    fields: dict[str, object] = {}
+    # An import fills gaps; it does not overwrite what a contact told us themselves.
+    for name in ("first_name", "last_name", "phone"):
+        value = getattr(record, name)
+        if value and not row[name]:
+            fields[name] = value
+    attributes = row["attributes"] or {}
+    if record.attributes and any(attributes.get(k) != v for k, v in record.attributes.items()):
+        fields["attributes"] = {**attributes, **record.attributes}
+    status_after = None
+    if record.signal in {"unsubscribed", "bounced"} and row["status"] not in SUPPRESSED:
+        status_after = Status.UNSUBSCRIBED if record.signal == "unsubscribed" else Status.BOUNCED
+        fields["status"] = status_after
+        fields["unsubscribed_at"] = _when(
+            record.evidence.get("unsub_time") or record.evidence.get("clean_time"), now
+        )
+    new_tag_ids = [t for t in tag_ids if (row["id"], t) not in links]
+    if not fields and not new_tag_ids:
+        return None
+    return Change(row["id"], record, fields, row["status"], status_after, new_tag_ids)
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def _event_detail(record: Record, ctx: ImportContext) -> dict:
+    detail: dict[str, object] = {"row": record.line}
+    if ctx.job_id:
+        detail["import_job"] = ctx.job_id
+    if ctx.file_name:
+        detail["file"] = ctx.file_name
+    if ctx.source_label:
+        detail["source"] = ctx.source_label
+    if record.evidence:
+        detail["evidence"] = record.evidence
+    return detail
+
+
+def _source_attributes(record: Record, ctx: ImportContext) -> dict:
+    if ctx.source_label and "import_source" not in record.attributes:
+        return {**record.attributes, "import_source": ctx.source_label}
+    return record.attributes
+
+
+def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.datetime) -> list[int]:
+    """Write a plan inside the caller's transaction; return ids to send double opt-in."""
+    if connection.vendor == "postgresql":
+        ids = _pg_insert(plan.new, ctx=ctx, now=now)
+    else:
+        ids = _portable_insert(plan.new, ctx=ctx, now=now)
+    option_tag_ids = tags.ids(ctx.tag_names)
+    links: list[tuple[int, int]] = []
+    events: list[tuple] = []
+    confirm: list[int] = []
+    for item in plan.new:
+        contact_id = ids.get(item.record.email)
+        if contact_id is None:
+            continue  # created by someone else between our SELECT and INSERT: left alone
+        for tag_id in dict.fromkeys(option_tag_ids + tags.ids(item.record.tags)):
+            links.append((contact_id, tag_id))
+        events.append((contact_id, "", item.status, _event_detail(item.record, ctx)))
+        if item.send_confirmation:
+            confirm.append(contact_id)
+    for change in plan.changes:
+        links.extend((change.contact_id, t) for t in change.new_tag_ids)
+        if change.status_after:
+            events.append(
+                (
+                    change.contact_id,
+                    change.status_before,
+                    change.status_after,
+                    _event_detail(change.record, ctx),
+                )
+            )
+    _update(plan.changes, now=now)
+    _link_tags(links)
+    _events(events, ctx=ctx, now=now)
+    return confirm
+
+
+_NEW_COLUMNS = (
+    "email", "first_name", "last_name", "phone", "status", "attributes", "source",
+    "created_at", "updated_at", "confirmed_at", "unsubscribed_at",
+)  # fmt: skip
+
+
+def _new_values(item: NewContact, ctx: ImportContext, now: dt.datetime) -> tuple:
+    r = item.record
+    return (
+        r.email, r.first_name, r.last_name, r.phone, str(item.status),
+        json.dumps(_source_attributes(r, ctx)), Contact.Source.IMPORT.value, now, now,
+        item.confirmed_at, item.unsubscribed_at,
+    )  # fmt: skip
+
+
+def _pg_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datetime) -> dict:
+    if not new:
+        return {}
+    table = Contact._meta.db_table
+    cols = ", ".join(_NEW_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS stillhere_import_stage ("
+            "email text, first_name text, last_name text, phone text, status text, "
+            "attributes jsonb, source text, created_at timestamptz, updated_at timestamptz, "
+            "confirmed_at timestamptz, unsubscribed_at timestamptz) ON COMMIT DELETE ROWS"
+        )
+        cursor.execute("TRUNCATE stillhere_import_stage")
+        with cursor.copy(f"COPY stillhere_import_stage ({cols}) FROM STDIN") as copy:
+            for item in new:
+                copy.write_row(_new_values(item, ctx, now))
+        # ON CONFLICT DO NOTHING: an address that appeared since our SELECT (a signup
+        # racing the import) keeps what it has; the import never overwrites it blindly.
+        cursor.execute(
+            f"INSERT INTO {table} ({cols}, signup_form_id) "  # noqa: S608 (our own table name)
+            f"SELECT {cols}, NULL FROM stillhere_import_stage "
+            "ON CONFLICT (email) DO NOTHING RETURNING email, id"
+        )
+        return dict(cursor.fetchall())
+
+
+def _portable_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datetime) -> dict:
+    if not new:
+        return {}
+    objs = [
+        Contact(
+            email=item.record.email,
+            first_name=item.record.first_name,
+            last_name=item.record.last_name,
+            phone=item.record.phone,
+            status=item.status,
+            attributes=_source_attributes(item.record, ctx),
+            source=Contact.Source.IMPORT,
+            confirmed_at=item.confirmed_at,
+            unsubscribed_at=item.unsubscribed_at,
+        )
+        for item in new
+    ]
+    # SQLite takes the write lock at BEGIN (transaction_mode=IMMEDIATE), so nobody can
+    # insert one of these addresses between our SELECT and this INSERT.
+    Contact.objects.bulk_create(objs, batch_size=500)
+    if all(o.pk for o in objs):
+        return {o.email: o.pk for o in objs}
+    return dict(
+        Contact.objects.filter(email__in=[o.email for o in objs]).values_list("email", "id")
+    )
+
+
+def _update(changes: list[Change], *, now: dt.datetime) -> None:
+    if not changes:
+        return
+    groups: dict[tuple[str, ...], list[Change]] = {}
+    for change in changes:
+        if change.fields:
+            groups.setdefault(tuple(sorted(change.fields)), []).append(change)
+    for names, group in groups.items():
+        if connection.vendor == "postgresql":
+            _pg_update(names, group, now=now)
+        else:
+            objs = []
+            for change in group:
+                obj = Contact(pk=change.contact_id, updated_at=now, **change.fields)
+                objs.append(obj)
+            Contact.objects.bulk_update(objs, [*names, "updated_at"], batch_size=200)
+
+
+_PG_TYPES = {
+    "first_name": "text", "last_name": "text", "phone": "text", "attributes": "jsonb",
+    "status": "text", "unsubscribed_at": "timestamptz",
+}  # fmt: skip
+
+
+def _pg_update(names: tuple[str, ...], group: list[Change], *, now: dt.datetime) -> None:
+    table = Contact._meta.db_table
+    arrays = [[c.contact_id for c in group]]
+    for name in names:
+        values = [c.fields[name] for c in group]
+        if name == "attributes":
+            values = [json.dumps(v) for v in values]
+        arrays.append(values)
+    unnest = ", ".join(
+        ["%s::bigint[]"] + [f"%s::{_PG_TYPES[n].replace('jsonb', 'text')}[]" for n in names]
+    )
+    aliases = ", ".join(["id", *names])
+    sets = ", ".join(f"{n} = v.{n}::jsonb" if n == "attributes" else f"{n} = v.{n}" for n in names)
+    where = ""
+    if "status" in names:
+        # Status only ever moves towards suppression here; the guard keeps a contact
+        # that got suppressed meanwhile from being rewritten.
+        suppressed = ", ".join(f"'{s}'" for s in sorted(SUPPRESSED))
+        where = f" AND c.status NOT IN ({suppressed})"
+    sql = (
+        f"UPDATE {table} AS c SET {sets}, updated_at = %s "  # noqa: S608 (fixed identifiers)
+        f"FROM unnest({unnest}) AS v({aliases}) WHERE c.id = v.id{where}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [now, *arrays])
+
+
+def _link_tags(links: list[tuple[int, int]]) -> None:
+    if not links:
+        return
+    through = Contact.tags.through
+    if connection.vendor == "postgresql":
+        table = through._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (contact_id, tag_id) "  # noqa: S608 (our own table)
+                "SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
+                "ON CONFLICT (contact_id, tag_id) DO NOTHING",
+                [[c for c, _ in links], [t for _, t in links]],
+            )
+    else:
+        through.objects.bulk_create(
+            [through(contact_id=c, tag_id=t) for c, t in links],
+            ignore_conflicts=True,
+            batch_size=400,
+        )
+
+
+def _events(events: list[tuple], *, ctx: ImportContext, now: dt.datetime) -> None:
+    if not events:
+        return
+    if connection.vendor == "postgresql":
+        table = ConsentEvent._meta.db_table
+        cols = (
+            "contact_id, created_at, kind, method, status_before, status_after, user_agent, "
+            "consent_text, actor, detail"
+        )
+        with (
+            connection.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy,
+        ):
+            for contact_id, before, after, detail in events:
+                copy.write_row(
+                    (contact_id, now, ConsentEvent.Kind.IMPORT.value, "import", before,
+                     str(after), "", "", ctx.actor, json.dumps(detail))
+                )  # fmt: skip
+        return
+    ConsentEvent.objects.bulk_create(
+        [
+            ConsentEvent(
+                contact_id=contact_id,
+                kind=ConsentEvent.Kind.IMPORT,
+                method="import",
+                status_before=before,
+                status_after=after,
+                actor=ctx.actor,
+                detail=detail,
+            )
+            for contact_id, before, after, detail in events
+        ],
+        batch_size=500,
+    )
+
+
+def import_chunk(
+    records: list[Record], *, ctx: ImportContext, tags: TagCache, dry_run: bool = False
+) -> Plan:
+    """Plan and (unless dry_run) write one chunk in one transaction."""
+    now = timezone.now()
+    if dry_run:
+        return plan_chunk(records, ctx=ctx, tags=tags, now=now, lock=False)
+    with transaction.atomic():
+        plan = plan_chunk(records, ctx=ctx, tags=tags, now=now, lock=True)
+        confirm = write_plan(plan, ctx=ctx, tags=tags, now=now)
+        if confirm:
+            from audience.tasks import import_send_confirmations
+
+            for batch in _batches(confirm, 500):
+                import_send_confirmations.delay_on_commit(batch)
+    return plan

@@ -1,0 +1,299 @@
+"""A fake email provider on loopback that speaks Mailgun's and Postmark's real send APIs.
+
+Threaded, HTTP/1.1 keep-alive, Nagle off, so a client's reused connection behaves as it
+would against the real thing. It records what it received and can be told to fail.
+
+    Mailgun:  POST /v3/<domain>/messages   (form-encoded; `recipient-variables` for batch)
+    Postmark: POST /email, POST /email/batch   (JSON)
+
+Control (JSON over HTTP, or call the methods on `server.state` in-process):
+
+    POST /_control {"fail_next": 2, "status": 503}   next 2 sends answer 503
+    POST /_control {"fail_always": 500}              every send fails until reset
+    POST /_control {"timeout_next": 1, "seconds": 3} next send stalls before answering
+    POST /_control {"reject": ["bad@example.com"]}   these recipients are refused (400)
+    POST /_control {"reset": true}                   forget failures and recordings
+    GET  /_stats                                     {"requests": …, "recipients": …}
+    GET  /_messages                                  every recipient's message, expanded
+
+Run alone: `python bench/fake_esp.py --port 8025 --record recipients`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+_RECIPIENT_VAR = re.compile(r"%recipient\.([^%]+)%")
+
+
+class State:
+    """What the server saw, and what it has been told to do. Thread-safe."""
+
+    def __init__(self, record: str = "full"):
+        self.lock = threading.Lock()
+        self.record = record  # full | recipients | count
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests = 0
+            self.recipient_total = 0
+            self.recipients: Counter[str] = Counter()
+            self.raw: list[tuple[str, dict]] = []  # (api, fields), for `full`
+            self.fail_next = 0
+            self.fail_status = 503
+            self.fail_always = 0
+            self.timeout_next = 0
+            self.timeout_seconds = 0.0
+            self.reject: set[str] = set()
+            self.failures_served = 0
+
+    def control(self, command: dict) -> None:
+        if command.get("reset"):
+            self.reset()
+        with self.lock:
+            if "fail_next" in command:
+                self.fail_next = int(command["fail_next"])
+                self.fail_status = int(command.get("status", 503))
+            if "fail_always" in command:
+                self.fail_always = int(command["fail_always"])
+            if "timeout_next" in command:
+                self.timeout_next = int(command["timeout_next"])
+                self.timeout_seconds = float(command.get("seconds", 5))
+            if "reject" in command:
+                self.reject = {e.lower() for e in command["reject"]}
+
+    def take_fault(self) -> tuple[int, float]:
+        """(status to fail with or 0, seconds to stall) for the request now arriving."""
+        with self.lock:
+            stall = 0.0
+            if self.timeout_next > 0:
+                self.timeout_next -= 1
+                stall = self.timeout_seconds
+            if self.fail_always:
+                self.failures_served += 1
+                return self.fail_always, stall
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                self.failures_served += 1
+                return self.fail_status, stall
+            return 0, stall
+
+    def accept(self, api: str, fields: dict, to: list[str]) -> None:
+        with self.lock:
+            self.requests += 1
+            self.recipient_total += len(to)
+            if self.record in ("full", "recipients"):
+                self.recipients.update(addr.lower() for addr in to)
+            if self.record == "full":
+                self.raw.append((api, fields))
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {
+                "requests": self.requests,
+                "recipients": self.recipient_total,
+                "unique_recipients": len(self.recipients),
+                "duplicates": sum(n - 1 for n in self.recipients.values() if n > 1),
+                "failures_served": self.failures_served,
+            }
+
+    def messages(self) -> list[dict]:
+        """Every recipient's message as the provider would deliver it."""
+        with self.lock:
+            raw = list(self.raw)
+        out = []
+        for api, fields in raw:
+            out.extend(_expand_mailgun(fields) if api == "mailgun" else [fields])
+        return out
+
+
+def _address(value: str) -> str:
+    match = re.search(r"<([^>]+)>", value)
+    return (match.group(1) if match else value).strip().lower()
+
+
+def _expand_mailgun(fields: dict) -> list[dict]:
+    variables = json.loads(fields.get("recipient-variables", ["{}"])[0] or "{}")
+    out = []
+    for to in fields.get("to", []):
+        email = _address(to)
+        mine = variables.get(email, {})
+
+        def sub(text: str, mine=mine) -> str:
+            return _RECIPIENT_VAR.sub(lambda m: str(mine.get(m.group(1), "")), text)
+
+        headers = {
+            key[2:]: sub(values[0]) for key, values in fields.items() if key.startswith("h:")
+        }
+        out.append(
+            {
+                "to": email,
+                "from": fields.get("from", [""])[0],
+                "subject": sub(fields.get("subject", [""])[0]),
+                "text": sub(fields.get("text", [""])[0]),
+                "html": sub(fields.get("html", [""])[0]),
+                "headers": headers,
+                "message_id": fields["_message_id"],
+            }
+        )
+    return out
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real providers do
+    server_version = "FakeESP/1.0"
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler's name)
+        pass
+
+    def _reply(self, status: int, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    @property
+    def state(self) -> State:
+        return self.server.state
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path == "/_stats":
+            self._reply(200, self.state.stats())
+        elif self.path == "/_messages":
+            self._reply(200, self.state.messages())
+        else:
+            self._reply(404, {"message": "not found"})
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self._body()
+        if self.path == "/_control":
+            self.state.control(json.loads(body or b"{}"))
+            self._reply(200, {"ok": True})
+            return
+        status, stall = self.state.take_fault()
+        if stall:
+            time.sleep(stall)
+        if status:
+            self._reply(status, {"message": f"Injected failure {status}"})
+            return
+        match = re.fullmatch(r"/v3/([^/]+)/messages", self.path)
+        if match:
+            self._mailgun(match.group(1), body)
+        elif self.path in ("/email", "/email/batch"):
+            self._postmark(body, batch=self.path.endswith("batch"))
+        else:
+            self._reply(404, {"message": "not found"})
+
+    def _mailgun(self, domain: str, body: bytes) -> None:
+        fields = parse_qs(body.decode(), keep_blank_values=True)
+        to = [_address(addr) for addr in fields.get("to", [])]
+        if not to:
+            self._reply(400, {"message": "'to' parameter is missing"})
+            return
+        refused = [addr for addr in to if addr in self.state.reject]
+        if refused:
+            # Mailgun refuses the whole call when any address is bad.
+            self._reply(400, {"message": f"'to' parameter is not a valid address: {refused[0]}"})
+            return
+        message_id = f"<{uuid.uuid4().hex}@{domain}>"
+        fields["_message_id"] = message_id
+        self.state.accept("mailgun", fields, to)
+        self._reply(200, {"id": message_id, "message": "Queued. Thank you."})
+
+    def _postmark(self, body: bytes, *, batch: bool) -> None:
+        payload = json.loads(body or b"{}")
+        answers = []
+        for message in payload if batch else [payload]:
+            to = _address(message.get("To", ""))
+            if to in self.state.reject:
+                answers.append({"ErrorCode": 406, "Message": "Inactive recipient", "To": to})
+                continue
+            message_id = str(uuid.uuid4())
+            headers = {h["Name"]: h["Value"] for h in message.get("Headers", [])}
+            self.state.accept(
+                "postmark",
+                {
+                    "to": to,
+                    "from": message.get("From", ""),
+                    "subject": message.get("Subject", ""),
+                    "text": message.get("TextBody", ""),
+                    "html": message.get("HtmlBody", ""),
+                    "headers": headers,
+                    "message_id": message_id,
+                },
+                [to],
+            )
+            answers.append(
+                {"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": to}
+            )
+        if batch:
+            self._reply(200, answers)
+        elif answers[0]["ErrorCode"]:
+            self._reply(422, answers[0])
+        else:
+            self._reply(200, answers[0])
+
+
+class FakeESP(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, port: int = 0, *, record: str = "full"):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.state = State(record)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeESP:
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8025)
+    parser.add_argument("--record", choices=["full", "recipients", "count"], default="full")
+    args = parser.parse_args()
+    server = FakeESP(args.port, record=args.record)
+    print(f"fake ESP on {server.url} (record={args.record})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

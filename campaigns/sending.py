@@ -1,0 +1,505 @@
+"""The sending engine: one chunk of one campaign at a time, safe to run twice.
+
+A chunk task claims its queued Delivery rows with one conditional UPDATE (a second
+task that loses the race claims nothing), drops contacts who are no longer subscribed,
+renders each message from the campaign's compiled skeleton, sends over one reused
+provider connection, and marks each row sent or failed. Counters move with F().
+
+Failure, in brief:
+- the provider says 429 / 5xx, times out or is unreachable: what was sent stays sent,
+  the rest of the claim is released back to `queued`, and the task retries with
+  backoff (TransientSendError); N such chunk failures in a row pause the campaign;
+- the provider rejects a recipient: that row is `failed` with the provider's reason;
+- the worker dies: its rows stay `claimed` until the sweeper re-queues them
+  (`requeued`, counted as possible duplicates when sent again).
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import SimpleNamespace
+
+from anymail.exceptions import AnymailError, AnymailRecipientsRefused
+from anymail.message import AnymailMessage
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.db import connection as db_connection
+from django.db.models import F
+from django.utils import timezone
+
+from audience.models import Contact
+from campaigns import ratelimit
+from campaigns.models import Campaign, Delivery, SenderSettings
+from campaigns.rendering import (
+    UNSUBSCRIBE,
+    Skeleton,
+    compile_campaign,
+    unsubscribe_headers,
+)
+
+logger = logging.getLogger(__name__)
+
+Status = Delivery.Status
+SENDING = Campaign.Status.SENDING
+
+
+class TransientSendError(Exception):
+    """The provider could not take the chunk right now; retry it later."""
+
+
+# --- provider capabilities ----------------------------------------------------------
+
+
+def _placeholder_style(backend_path: str):
+    """How the provider writes a per-recipient variable inside the message, or None if
+    we do not batch with it (then batch mode sends message by message)."""
+    name = backend_path.lower()
+    if "mailgun" in name:
+        return lambda key: f"%recipient.{key}%"
+    if "brevo" in name or "sendinblue" in name:
+        return lambda key: "{{ params.%s }}" % key
+    if name == "anymail.backends.test.emailbackend":
+        return lambda key: "{{%s}}" % key
+    return None
+
+
+def batch_supported(backend_path: str | None = None) -> bool:
+    return _placeholder_style(backend_path or settings.EMAIL_BACKEND) is not None
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, AnymailRecipientsRefused):
+        return False
+    if isinstance(exc, AnymailError):
+        code = getattr(exc, "status_code", None)
+        # No status: the request never got an answer (timeout, connection refused).
+        return code is None or code == 429 or code >= 500
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, OSError | smtplib.SMTPException)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:1000]
+
+
+# --- one chunk ---------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkResult:
+    claimed: int = 0
+    sent: list = field(default_factory=list)  # (delivery_id, message_id)
+    failed: list = field(default_factory=list)  # (delivery_id, reason)
+    skipped: list = field(default_factory=list)  # delivery ids
+    duplicates: int = 0
+    released: int = 0
+    transient: str = ""
+    stopped: bool = False
+
+
+_COLUMNS = (
+    "pk",
+    "requeued",
+    "contact_id",
+    "contact__email",
+    "contact__first_name",
+    "contact__last_name",
+    "contact__phone",
+    "contact__attributes",
+    "contact__status",
+)
+
+
+def _claim(campaign_id: int, chunk: int, token: str) -> int:
+    return Delivery.objects.filter(
+        campaign_id=campaign_id, chunk=chunk, status=Status.QUEUED
+    ).update(
+        status=Status.CLAIMED,
+        claim_token=token,
+        claimed_at=timezone.now(),
+        attempts=F("attempts") + 1,
+    )
+
+
+def _claimed_rows(campaign_id: int, chunk: int, token: str) -> list:
+    rows = Delivery.objects.filter(
+        campaign_id=campaign_id, chunk=chunk, status=Status.CLAIMED, claim_token=token
+    ).values_list(*_COLUMNS)
+    out = []
+    for pk, requeued, contact_id, email, first, last, phone, attrs, status in rows:
+        # A plain object, not a model instance: a million of those cost real seconds.
+        contact = SimpleNamespace(
+            pk=contact_id,
+            id=contact_id,
+            email=email,
+            first_name=first,
+            last_name=last,
+            phone=phone,
+            attributes=attrs,
+            status=status,
+        )
+        out.append((pk, requeued, contact))
+    out.sort(key=lambda row: row[0])
+    return out
+
+
+class _Guard:
+    """Between sends: is the campaign still sending, and is our claim still ours?"""
+
+    def __init__(self, campaign_id: int, token: str):
+        self.campaign_id = campaign_id
+        self.token = token
+        self.checked = time.monotonic()
+        self.heartbeat = self.checked
+        self.check_every = settings.CAMPAIGN_STATUS_CHECK_SECONDS
+        self.heartbeat_every = max(1.0, settings.CAMPAIGN_CLAIM_TIMEOUT / 4)
+
+    def ok(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < self.check_every:
+            return True
+        self.checked = now
+        status = Campaign.objects.filter(pk=self.campaign_id).values_list("status", flat=True)
+        if status.first() != SENDING:
+            return False
+        if now - self.heartbeat >= self.heartbeat_every:
+            self.heartbeat = now
+            # A long, rate-limited chunk keeps its claim fresh so the sweeper leaves it be;
+            # if the sweeper took it anyway, stop before sending anything twice.
+            kept = Delivery.objects.filter(
+                campaign_id=self.campaign_id, status=Status.CLAIMED, claim_token=self.token
+            ).update(claimed_at=timezone.now())
+            return kept > 0
+        return True
+
+
+def _build_message(skeleton: Skeleton, contact, sender) -> EmailMultiAlternatives:
+    values, urls = skeleton.values(contact, sender)
+    message = EmailMultiAlternatives(
+        subject=" ".join(Skeleton.fill(skeleton.subject, values).split()),
+        body=Skeleton.fill(skeleton.text, values),
+        from_email=skeleton.from_email,
+        to=[contact.email],
+        reply_to=skeleton.reply_to,
+        headers=unsubscribe_headers(urls[UNSUBSCRIBE]),
+    )
+    message.attach_alternative(Skeleton.fill(skeleton.html, values), "text/html")
+    return message
+
+
+def _message_id(message) -> str:
+    status = getattr(message, "anymail_status", None)
+    if status is None:
+        return ""
+    ids = status.message_id
+    if isinstance(ids, set):
+        ids = sorted(str(i) for i in ids)[0] if ids else ""
+    return str(ids or "")[:200]
+
+
+def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) -> list:
+    """Send one by one; return the rows not attempted (stopped or provider trouble)."""
+    for index, (pk, requeued, contact) in enumerate(rows):
+        if not guard.ok():
+            result.stopped = True
+            return rows[index:]
+        ratelimit.throttle(
+            1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+        )
+        message = _build_message(skeleton, contact, sender)
+        try:
+            conn.send_messages([message])
+        except Exception as exc:
+            if _transient(exc):
+                result.transient = _reason(exc)
+                return rows[index:]
+            if not isinstance(exc, AnymailError | smtplib.SMTPException):
+                raise
+            result.failed.append((pk, _reason(exc)))
+            continue
+        status = getattr(message, "anymail_status", None)
+        recipient = status.recipients.get(contact.email) if status else None
+        if recipient is not None and recipient.status in {"rejected", "invalid"}:
+            result.failed.append((pk, f"Provider {recipient.status} the recipient"))
+            continue
+        result.sent.append((pk, _message_id(message)))
+        result.duplicates += bool(requeued)
+    return []
+
+
+def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeholder) -> list:
+    """Send in provider batches with per-recipient merge data and headers."""
+    size = settings.CAMPAIGN_BATCH_SIZE
+    if sender.rate_per_second:
+        # A batch leaves in one burst: keep each within one second's allowance.
+        size = max(1, min(size, sender.rate_per_second))
+    subject = Skeleton.fill_placeholders(skeleton.subject, lambda k: placeholder(f"v{k}"))
+    text = Skeleton.fill_placeholders(skeleton.text, lambda k: placeholder(f"v{k}"))
+    html = Skeleton.fill_placeholders(skeleton.html, lambda k: placeholder(f"v{k}"))
+    keys = [f"v{k}" for k in range(len(skeleton.slots))]
+    start = 0
+    while start < len(rows):
+        if not guard.ok():
+            result.stopped = True
+            return rows[start:]
+        batch = rows[start : start + size]
+        ratelimit.throttle(
+            len(batch), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+        )
+        merge_data = {}
+        merge_headers = {}
+        for _pk, _requeued, contact in batch:
+            values, urls = skeleton.values(contact, sender)
+            merge_data[contact.email] = dict(zip(keys, values, strict=True))
+            merge_headers[contact.email] = {
+                "List-Unsubscribe": unsubscribe_headers(urls[UNSUBSCRIBE])["List-Unsubscribe"]
+            }
+        message = AnymailMessage(
+            subject=subject,
+            body=text,
+            from_email=skeleton.from_email,
+            to=[contact.email for _, _, contact in batch],
+            reply_to=skeleton.reply_to,
+            headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+            merge_data=merge_data,
+            merge_global_data={},
+            merge_headers=merge_headers,
+        )
+        message.attach_alternative(html, "text/html")
+        try:
+            conn.send_messages([message])
+        except Exception as exc:
+            if _transient(exc):
+                result.transient = _reason(exc)
+                return rows[start:]
+            if not isinstance(exc, AnymailError):
+                raise
+            # One bad address fails a whole Mailgun batch with a 400: send this batch
+            # one by one, so only the recipient the provider refuses is marked failed.
+            logger.info("Batch refused (%s); sending it message by message", _reason(exc))
+            rest = _send_per_message(batch, skeleton, sender, conn, guard, result)
+            if rest:
+                return rest + rows[start + size :]
+            start += size
+            continue
+        status = message.anymail_status
+        fallback_id = _message_id(message)
+        for pk, requeued, contact in batch:
+            recipient = status.recipients.get(contact.email)
+            if recipient is not None and recipient.status in {"rejected", "invalid"}:
+                result.failed.append((pk, f"Provider {recipient.status} the recipient"))
+                continue
+            mid = str(recipient.message_id) if recipient and recipient.message_id else fallback_id
+            result.sent.append((pk, mid[:200]))
+            result.duplicates += bool(requeued)
+        start += size
+    return []
+
+
+def _mark(campaign_id: int, token: str, result: ChunkResult, unsent: list) -> None:
+    now = timezone.now()
+    claimed = Delivery.objects.filter(
+        campaign_id=campaign_id, status=Status.CLAIMED, claim_token=token
+    )
+    if result.skipped:
+        claimed.filter(pk__in=result.skipped).update(status=Status.SKIPPED, sent_at=None)
+    if result.sent:
+        by_id: dict[str, list[int]] = {}
+        for pk, mid in result.sent:
+            by_id.setdefault(mid, []).append(pk)
+        if len(by_id) <= 4:
+            for mid, pks in by_id.items():
+                claimed.filter(pk__in=pks).update(
+                    status=Status.SENT, sent_at=now, message_id=mid, error=""
+                )
+        else:
+            _mark_sent_many(campaign_id, token, result.sent, now)
+    for pk, reason in result.failed:
+        claimed.filter(pk=pk).update(status=Status.FAILED, error=reason)
+    if unsent:
+        result.released = claimed.filter(pk__in=[row[0] for row in unsent]).update(
+            status=Status.QUEUED, claim_token=""
+        )
+
+
+def _mark_sent_many(campaign_id: int, token: str, sent: list, now) -> None:
+    table = Delivery._meta.db_table
+    if db_connection.vendor == "postgresql":
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                f"""UPDATE {table} AS d SET status = %s, sent_at = %s, message_id = v.mid,
+                    error = '' FROM unnest(%s::bigint[], %s::text[]) AS v(id, mid)
+                    WHERE d.id = v.id AND d.claim_token = %s AND d.status = %s""",  # noqa: S608
+                [
+                    Status.SENT,
+                    now,
+                    [pk for pk, _ in sent],
+                    [mid for _, mid in sent],
+                    token,
+                    Status.CLAIMED,
+                ],
+            )
+        return
+    objs = [
+        Delivery(pk=pk, status=Status.SENT, sent_at=now, message_id=mid, error="")
+        for pk, mid in sent
+    ]
+    Delivery.objects.bulk_update(objs, ["status", "sent_at", "message_id", "error"], 500)
+
+
+def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
+    """Send one chunk. Raises TransientSendError (after releasing the unsent rows) when
+    the provider should be tried again later."""
+    result = ChunkResult()
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != SENDING:
+        return result
+    token = uuid.uuid4().hex
+    result.claimed = _claim(campaign_id, chunk, token)
+    if not result.claimed:
+        campaign_finish_if_done(campaign_id=campaign_id)
+        return result
+    rows = _claimed_rows(campaign_id, chunk, token)
+    live = []
+    for row in rows:
+        if row[2].status == Contact.Status.SUBSCRIBED:
+            live.append(row)
+        else:
+            # Unsubscribed, bounced or complained since the campaign started.
+            result.skipped.append(row[0])
+    sender = SenderSettings.load()
+    skeleton = compile_campaign(campaign, sender)
+    guard = _Guard(campaign_id, token)
+    unsent: list = []
+    if live:
+        conn = get_connection(fail_silently=False)
+        try:
+            conn.open()
+            placeholder = (
+                _placeholder_style(settings.EMAIL_BACKEND)
+                if campaign.send_mode == Campaign.SendMode.BATCH
+                else None
+            )
+            if placeholder is not None:
+                unsent = _send_batch(live, skeleton, sender, conn, guard, result, placeholder)
+            else:
+                unsent = _send_per_message(live, skeleton, sender, conn, guard, result)
+        except Exception as exc:
+            # Open failed or something unexpected: give back every row not yet marked.
+            done = {pk for pk, _ in result.sent} | {pk for pk, _ in result.failed}
+            unsent = [row for row in live if row[0] not in done]
+            if not _transient(exc):
+                _mark(campaign_id, token, result, unsent)
+                _count(campaign_id, result, failed_chunk=False)
+                raise
+            result.transient = _reason(exc)
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 (closing a broken connection must not mask)
+                logger.debug("closing the mail connection failed", exc_info=True)
+    _mark(campaign_id, token, result, unsent)
+    _count(campaign_id, result, failed_chunk=bool(result.transient))
+    if result.transient:
+        raise TransientSendError(result.transient)
+    if not unsent:
+        campaign_finish_if_done(campaign_id=campaign_id)
+    return result
+
+
+def _count(campaign_id: int, result: ChunkResult, *, failed_chunk: bool) -> None:
+    updates = {
+        "sent_count": F("sent_count") + len(result.sent),
+        "failed_count": F("failed_count") + len(result.failed),
+        "duplicate_count": F("duplicate_count") + result.duplicates,
+        "updated_at": timezone.now(),
+    }
+    if not failed_chunk and (result.sent or result.failed):
+        updates["consecutive_failed_chunks"] = 0
+    # Skipped contacts leave the total: the bar counts who is actually mailed.
+    if result.skipped:
+        updates["total_count"] = F("total_count") - len(result.skipped)
+    Campaign.objects.filter(pk=campaign_id).update(**updates)
+
+
+def chunk_failed(*, campaign_id: int, reason: str, exhausted: bool = False) -> bool:
+    """Count a failed chunk; pause the campaign after N in a row. True if paused."""
+    Campaign.objects.filter(pk=campaign_id).update(
+        consecutive_failed_chunks=F("consecutive_failed_chunks") + 1
+    )
+    limit = settings.CAMPAIGN_MAX_FAILED_CHUNKS
+    paused = Campaign.objects.filter(pk=campaign_id, status=SENDING)
+    if not exhausted:
+        paused = paused.filter(consecutive_failed_chunks__gte=limit)
+    why = (
+        f"Paused after {limit} failed chunks in a row; the provider said: {reason}"
+        if not exhausted
+        else f"Paused: a chunk kept failing after every retry; the provider said: {reason}"
+    )
+    return bool(paused.update(status=Campaign.Status.PAUSED, status_reason=why[:2000]))
+
+
+def campaign_finish_if_done(*, campaign_id: int) -> bool:
+    """Mark the campaign sent once no Delivery is queued or claimed."""
+    open_rows = Delivery.objects.filter(
+        campaign_id=campaign_id, status__in=[Status.QUEUED, Status.CLAIMED]
+    )
+    if open_rows.exists():
+        return False
+    return bool(
+        Campaign.objects.filter(pk=campaign_id, status=SENDING).update(
+            status=Campaign.Status.SENT, finished_at=timezone.now()
+        )
+    )
+
+
+def open_chunks(campaign_id: int) -> list[int]:
+    return list(
+        Delivery.objects.filter(campaign_id=campaign_id, status=Status.QUEUED)
+        .order_by("chunk")
+        .values_list("chunk", flat=True)
+        .distinct()
+    )
+
+
+def claims_sweep() -> dict[int, int]:
+    """Re-queue claims that went stale (their worker died) and re-dispatch the chunks
+    of sending campaigns that stopped moving. Returns {campaign id: rows re-queued}."""
+    from campaigns.tasks import send_chunk
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.CAMPAIGN_CLAIM_TIMEOUT)
+    swept: dict[int, int] = {}
+    for campaign_id, updated_at in Campaign.objects.filter(status=SENDING).values_list(
+        "pk", "updated_at"
+    ):
+        requeued = Delivery.objects.filter(
+            campaign_id=campaign_id, status=Status.CLAIMED, claimed_at__lt=cutoff
+        ).update(status=Status.QUEUED, claim_token="", requeued=True)
+        stalled = updated_at < cutoff
+        if requeued or stalled:
+            swept[campaign_id] = requeued
+            # Dispatching a chunk twice is harmless: the claim lets only one task send it.
+            for chunk in open_chunks(campaign_id):
+                send_chunk.delay(campaign_id, chunk)
+            Campaign.objects.filter(pk=campaign_id).update(updated_at=now)
+            if requeued:
+                logger.warning(
+                    "Campaign %s: re-queued %s rows from a stale claim", campaign_id, requeued
+                )
+        campaign_finish_if_done(campaign_id=campaign_id)
+    return swept
+
+
+def backoff_seconds(retries: int) -> float:
+    base = settings.CAMPAIGN_RETRY_BACKOFF
+    return min(base * (2**retries), settings.CAMPAIGN_RETRY_BACKOFF_MAX)

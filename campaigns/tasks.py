@@ -1,0 +1,46 @@
+"""Thin Celery tasks: take ids, call campaigns.sending / campaigns.services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from campaigns import sending, services
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def send_chunk(self, campaign_id: int, chunk: int) -> dict:
+    """Send one chunk of a campaign. Safe to run twice: rows are claimed before sending."""
+    try:
+        result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
+    except sending.TransientSendError as exc:
+        exhausted = self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
+        paused = sending.chunk_failed(
+            campaign_id=campaign_id, reason=str(exc), exhausted=exhausted
+        )
+        if paused or exhausted:
+            # The rows are back in the queue; resume dispatches them again.
+            return {"paused": True, "reason": str(exc)}
+        raise self.retry(
+            exc=exc, countdown=sending.backoff_seconds(self.request.retries)
+        ) from None
+    return {"sent": len(result.sent), "failed": len(result.failed), "skipped": len(result.skipped)}
+
+
+@shared_task(acks_late=True)
+def sweep_stale_claims() -> dict:
+    """Beat: give the rows of a dead worker's chunk back to the queue."""
+    return {str(k): v for k, v in sending.claims_sweep().items()}
+
+
+@shared_task(acks_late=True)
+def start_due_campaigns() -> list[int]:
+    """Beat: start scheduled campaigns whose time has come."""
+    return services.campaigns_start_due()
+
+
+@shared_task(acks_late=True)
+def start_campaign(campaign_id: int, actor: str = "") -> None:
+    from campaigns.models import Campaign
+
+    services.campaign_start(campaign=Campaign.objects.get(pk=campaign_id), actor=actor)
