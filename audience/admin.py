@@ -98,7 +98,7 @@ class ContactAdmin(admin.ModelAdmin):
     paginator = BoundedCountPaginator
     list_per_page = 50
     action_form = TagActionForm
-    actions = ["tag_selected", "untag_selected", "unsubscribe_selected"]
+    actions = ["tag_selected", "untag_selected", "unsubscribe_selected", "export_selected"]
     readonly_fields = ["status", "source", "signup_form", "created_at", "updated_at",
                        "confirmed_at", "unsubscribed_at", "gdpr"]  # fmt: skip
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
@@ -199,6 +199,15 @@ class ContactAdmin(admin.ModelAdmin):
         count = services.contacts_unsubscribe(contacts=queryset, evidence=_evidence(request))
         self.message_user(request, f"Unsubscribed {count} contacts.")
 
+    def has_export_permission(self, request) -> bool:
+        return request.user.has_perm("audience.export_contact")
+
+    @admin.action(description="Export selected contacts (CSV)", permissions=["export"])
+    def export_selected(self, request, queryset):
+        from audience.importing.admin_views import export_response
+
+        return export_response(queryset, "csv")
+
 
 @admin.register(SignupForm)
 class SignupFormAdmin(admin.ModelAdmin):
@@ -265,3 +274,10 @@ class SuppressedEmailAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+# Imports and the export page (views in audience/importing/admin_views.py).
+from audience.importing.admin_views import ImportJobAdmin  # noqa: E402
+from audience.models import ImportJob  # noqa: E402
+
+admin.site.register(ImportJob, ImportJobAdmin)

@@ -22,6 +22,7 @@ Run alone: `python bench/fake_esp.py --port 8025 --record recipients`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import socket
@@ -157,7 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler's name)
+    def log_message(self, format, *args):
         pass
 
     def _reply(self, status: int, payload) -> None:
@@ -176,7 +177,7 @@ class Handler(BaseHTTPRequestHandler):
     def state(self) -> State:
         return self.server.state
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         if self.path == "/_stats":
             self._reply(200, self.state.stats())
         elif self.path == "/_messages":
@@ -184,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"message": "not found"})
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = self._body()
         if self.path == "/_control":
             self.state.control(json.loads(body or b"{}"))
@@ -192,7 +193,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         status, stall = self.state.take_fault()
         if stall:
+            # The client has given up by now; answer late and record nothing, as a
+            # provider that timed out before queueing the message would.
             time.sleep(stall)
+            status = status or 504
         if status:
             self._reply(status, {"message": f"Injected failure {status}"})
             return
@@ -243,9 +247,7 @@ class Handler(BaseHTTPRequestHandler):
                 },
                 [to],
             )
-            answers.append(
-                {"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": to}
-            )
+            answers.append({"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "To": to})
         if batch:
             self._reply(200, answers)
         elif answers[0]["ErrorCode"]:
@@ -289,10 +291,8 @@ def main() -> None:
     args = parser.parse_args()
     server = FakeESP(args.port, record=args.record)
     print(f"fake ESP on {server.url} (record={args.record})", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -62,9 +62,9 @@ def _placeholder_style(backend_path: str):
     if "mailgun" in name:
         return lambda key: f"%recipient.{key}%"
     if "brevo" in name or "sendinblue" in name:
-        return lambda key: "{{ params.%s }}" % key
+        return lambda key: "{{ params." + key + " }}"
     if name == "anymail.backends.test.emailbackend":
-        return lambda key: "{{%s}}" % key
+        return lambda key: "{{" + key + "}}"
     return None
 
 
@@ -212,9 +212,7 @@ def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) 
         if not guard.ok():
             result.stopped = True
             return rows[index:]
-        ratelimit.throttle(
-            1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
-        )
+        ratelimit.throttle(1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour)
         message = _build_message(skeleton, contact, sender)
         try:
             conn.send_messages([message])
@@ -405,7 +403,7 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         finally:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001 (closing a broken connection must not mask)
+            except Exception:  # closing a broken connection must not mask the real error
                 logger.debug("closing the mail connection failed", exc_info=True)
     _mark(campaign_id, token, result, unsent)
     _count(campaign_id, result, failed_chunk=bool(result.transient))

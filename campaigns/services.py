@@ -62,13 +62,11 @@ def _snapshot(campaign: Campaign) -> int:
         INSERT INTO {table}
             (campaign_id, contact_id, chunk, status, claim_token, attempts, message_id,
              error, requeued)
-        SELECT %s, r.id, (ROW_NUMBER() OVER (ORDER BY r.id) - 1) / %s, %s, '', 0, '', '', %s
+        SELECT %s, r.pk, (ROW_NUMBER() OVER (ORDER BY r.pk) - 1) / %s, %s, '', 0, '', '', %s
         FROM ({sql}) AS r
     """  # noqa: S608 (table name from the model; values are parameters)
     with connection.cursor() as cursor:
-        cursor.execute(
-            statement, [campaign.pk, chunk_size, Delivery.Status.QUEUED, False, *params]
-        )
+        cursor.execute(statement, [campaign.pk, chunk_size, Delivery.Status.QUEUED, False, *params])
         return cursor.rowcount
 
 

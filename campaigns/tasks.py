@@ -15,15 +15,11 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
         result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
     except sending.TransientSendError as exc:
         exhausted = self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
-        paused = sending.chunk_failed(
-            campaign_id=campaign_id, reason=str(exc), exhausted=exhausted
-        )
+        paused = sending.chunk_failed(campaign_id=campaign_id, reason=str(exc), exhausted=exhausted)
         if paused or exhausted:
             # The rows are back in the queue; resume dispatches them again.
             return {"paused": True, "reason": str(exc)}
-        raise self.retry(
-            exc=exc, countdown=sending.backoff_seconds(self.request.retries)
-        ) from None
+        raise self.retry(exc=exc, countdown=sending.backoff_seconds(self.request.retries)) from None
     return {"sent": len(result.sent), "failed": len(result.failed), "skipped": len(result.skipped)}
 
 

@@ -8,6 +8,7 @@ from audience.importing.jobs import (
     inspect,
     job_create,
     job_preview,
+    job_sample,
     job_start,
     run_job,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "inspect",
     "job_create",
     "job_preview",
+    "job_sample",
     "job_start",
     "run_job",
 ]

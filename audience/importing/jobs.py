@@ -231,6 +231,20 @@ def _chunks(
             yield list(chunk.values()), consumed, merged
 
 
+def job_sample(job: ImportJob, *, n: int = 3) -> list[list[str]]:
+    """The first few data rows, raw, to show next to the column mapping."""
+    detected = Detected(job.file_format, job.encoding, job.delimiter)
+    out: list[list[str]] = []
+    with job.file.open("rb") as f, Reader(f, detected) as reader:
+        _, _, rows = _header_and_rows(reader)
+        for row in rows:
+            if not isinstance(row, BadRow) and any(c.strip() for c in row):
+                out.append([c[:60] for c in row])
+                if len(out) >= n:
+                    break
+    return out
+
+
 @dataclass
 class Preview:
     rows: list[dict]

@@ -1,0 +1,432 @@
+"""The sending engine against a fake Mailgun on loopback, mostly with a real worker."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.utils import timezone
+
+from audience.models import Contact
+from audience.services import Evidence, contact_unsubscribe
+from audience.tokens import read_token
+from bench.fake_esp import FakeESP
+from campaigns import ratelimit, sending, services
+from campaigns.models import Campaign, Delivery, SenderSettings
+from campaigns.selectors import campaign_progress, campaign_recipients
+from campaigns.tasks import start_due_campaigns, sweep_stale_claims
+from tests.factories import ContactFactory, TagFactory
+
+POSTAL = "Stillhere Shop\n1 Harbour Road\nPortsmouth"
+
+
+@pytest.fixture
+def esp(settings):
+    server = FakeESP().start()
+    settings.EMAIL_BACKEND = "anymail.backends.mailgun.EmailBackend"
+    settings.ANYMAIL = {
+        "MAILGUN_API_KEY": "key-test",
+        "MAILGUN_API_URL": f"{server.url}/v3",
+        "MAILGUN_SENDER_DOMAIN": "mg.shop.example",
+        "REQUESTS_TIMEOUT": 1,
+    }
+    settings.CAMPAIGN_RETRY_BACKOFF = 0.2
+    settings.CAMPAIGN_STATUS_CHECK_SECONDS = 0
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sender(transactional_db):
+    ratelimit.reset()
+    SenderSettings.objects.update_or_create(
+        pk=1,
+        defaults={
+            "from_name": "Stillhere Shop",
+            "from_email": "news@shop.example",
+            "reply_to": "help@shop.example",
+            "postal_address": POSTAL,
+            "shop_url": "https://shop.example",
+        },
+    )
+    yield SenderSettings.load()
+    ratelimit.reset()
+
+
+def _campaign(**kwargs) -> Campaign:
+    defaults = {
+        "name": "We're still here",
+        "subject": "Hi {{ first_name|default:'friend' }}, we're still here",
+        "preheader": "Instagram is down; we are not",
+        "body": 'Hello **{{ first_name|default:"friend" }}**,\n\nOrder at [our shop](https://shop.example).',
+    }
+    defaults.update(kwargs)
+    return Campaign.objects.create(**defaults)
+
+
+def _wait(predicate, timeout=30.0, interval=0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _status(campaign: Campaign) -> str:
+    return Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
+
+
+def _unsubscribe_contact(url: str) -> Contact | None:
+    path = urlsplit(url.strip("<>")).path
+    return read_token("unsubscribe", path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _audience():
+    tricky = ContactFactory(email="ann@example.com", first_name='<b>Ann & "Bob"</b>')
+    plain = ContactFactory(email="cy@example.com", first_name="Cy")
+    nameless = ContactFactory(email="dee@example.com", first_name="")
+    ContactFactory(email="gone@example.com", status=Contact.Status.UNSUBSCRIBED)
+    ContactFactory(email="waiting@example.com", status=Contact.Status.PENDING)
+    ContactFactory(email="bounced@example.com", status=Contact.Status.BOUNCED)
+    return [tricky, plain, nameless]
+
+
+def _check_messages(esp: FakeESP, recipients: list[Contact]) -> dict:
+    messages = {m["to"]: m for m in esp.state.messages()}
+    assert sorted(messages) == sorted(c.email for c in recipients)
+    for contact in recipients:
+        message = messages[contact.email]
+        headers = message["headers"]
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert _unsubscribe_contact(headers["List-Unsubscribe"]) == contact
+        assert "Harbour Road" in message["text"]
+        assert "1 Harbour Road<br>Portsmouth" in message["html"]
+        assert "Unsubscribe" in message["html"]
+        assert "/u/" in message["text"]
+    tricky = messages["ann@example.com"]
+    assert "<strong>&lt;b&gt;Ann &amp; &quot;Bob&quot;&lt;/b&gt;</strong>" in tricky["html"]
+    assert "<b>Ann" not in tricky["html"]
+    assert 'Hello <b>Ann & "Bob"</b>,' in tricky["text"]
+    assert tricky["subject"] == 'Hi <b>Ann & "Bob"</b>, we\'re still here'
+    assert messages["dee@example.com"]["subject"] == "Hi friend, we're still here"
+    assert "<strong>Cy</strong>" in messages["cy@example.com"]["html"]
+    return messages
+
+
+@pytest.mark.worker
+def test_each_subscriber_gets_their_own_message_and_unsubscribe_headers(celery_worker, esp, sender):
+    recipients = _audience()
+    campaign = services.campaign_start(campaign=_campaign())
+    assert campaign.total_count == 3
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    messages = _check_messages(esp, recipients)
+    assert esp.state.stats()["requests"] == 3
+    for delivery in Delivery.objects.filter(campaign=campaign).select_related("contact"):
+        assert delivery.status == Delivery.Status.SENT
+        assert delivery.message_id == messages[delivery.contact.email]["message_id"]
+    campaign.refresh_from_db()
+    assert (campaign.sent_count, campaign.failed_count, campaign.duplicate_count) == (3, 0, 0)
+    assert campaign.finished_at is not None
+
+
+@pytest.mark.worker
+def test_batch_mode_sends_one_call_with_per_recipient_merge_data_and_headers(
+    celery_worker, esp, sender
+):
+    recipients = _audience()
+    campaign = services.campaign_start(campaign=_campaign(send_mode=Campaign.SendMode.BATCH))
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    assert esp.state.stats()["requests"] == 1
+    messages = _check_messages(esp, recipients)
+    raw = esp.state.raw[0][1]
+    assert "%recipient." in raw["html"][0]  # one body for all, values merged per recipient
+    ids = set(Delivery.objects.filter(campaign=campaign).values_list("message_id", flat=True))
+    assert ids == {messages["ann@example.com"]["message_id"]}
+
+
+def test_contact_who_unsubscribes_mid_send_gets_nothing_more(esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    first, second, third, fourth = (ContactFactory() for _ in range(4))
+    campaign = services.campaign_start(campaign=_campaign())  # tasks wait for commit
+    sending.chunk_send(campaign_id=campaign.pk, chunk=0)
+    contact_unsubscribe(contact=fourth, evidence=Evidence(method="one-click"))
+    sending.chunk_send(campaign_id=campaign.pk, chunk=1)
+
+    assert sorted(esp.state.recipients) == sorted([first.email, second.email, third.email])
+    skipped = Delivery.objects.get(campaign=campaign, contact=fourth)
+    assert skipped.status == Delivery.Status.SKIPPED
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENT
+    assert (campaign.total_count, campaign.sent_count) == (3, 3)
+
+
+@pytest.mark.worker
+def test_pause_holds_the_rest_and_resume_sends_everyone_once(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 4
+    SenderSettings.objects.filter(pk=1).update(rate_per_second=10)
+    contacts = [ContactFactory() for _ in range(24)]
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: esp.state.stats()["recipients"] >= 3)
+
+    services.campaign_pause(campaign=campaign, actor="owner")
+    time.sleep(0.3)
+    at_pause = esp.state.stats()["recipients"]
+    time.sleep(1.5)
+    assert esp.state.stats()["recipients"] == at_pause < len(contacts)
+    assert _status(campaign) == Campaign.Status.PAUSED
+    assert not Delivery.objects.filter(campaign=campaign, status=Delivery.Status.CLAIMED).exists()
+
+    services.campaign_resume(campaign=campaign, actor="owner")
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+
+
+@pytest.mark.worker
+def test_cancel_stops_sending_for_good(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 4
+    SenderSettings.objects.filter(pk=1).update(rate_per_second=10)
+    for _ in range(24):
+        ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: esp.state.stats()["recipients"] >= 3)
+
+    services.campaign_cancel(campaign=campaign, actor="owner")
+    time.sleep(0.3)
+    at_cancel = esp.state.stats()["recipients"]
+    time.sleep(1.5)
+    assert esp.state.stats()["recipients"] == at_cancel < 24
+    assert _status(campaign) == Campaign.Status.CANCELLED
+    assert Delivery.objects.filter(campaign=campaign, status=Delivery.Status.QUEUED).exists()
+    with pytest.raises(ValidationError):
+        services.campaign_resume(campaign=campaign)
+
+
+@pytest.mark.worker
+def test_beat_scan_starts_a_due_campaign_once(celery_worker, esp, sender):
+    contact = ContactFactory()
+    campaign = _campaign()
+    services.campaign_schedule(campaign=campaign, when=timezone.now() + timedelta(seconds=1))
+    start_due_campaigns.delay()
+    time.sleep(0.5)
+    assert _status(campaign) == Campaign.Status.SCHEDULED
+
+    time.sleep(0.7)
+    start_due_campaigns.delay()
+    start_due_campaigns.delay()
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    assert esp.state.recipients == {contact.email: 1}
+    assert Delivery.objects.filter(campaign=campaign).count() == 1
+
+
+@pytest.mark.worker
+def test_rate_limit_spreads_sends_across_the_second(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 5
+    SenderSettings.objects.filter(pk=1).update(rate_per_second=10)
+    for _ in range(26):
+        ContactFactory()
+    started = time.monotonic()
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    elapsed = time.monotonic() - started
+    # A one-second burst (11 messages) may go at once; the other 15 need 1.5 s at 10/s.
+    assert elapsed >= 1.4
+    assert esp.state.stats()["recipients"] == 26
+
+
+def test_rate_limit_reservations_hold_across_concurrent_workers(sender):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ratelimit.reset()
+    with ThreadPoolExecutor(8) as pool:
+        waits = sorted(
+            pool.map(lambda _: ratelimit.reserve(1, per_second=20, per_hour=0), range(60))
+        )
+    # 21 fit in the burst; every later one is spaced 1/20 s after the one before.
+    assert waits[20] == pytest.approx(0, abs=0.02)
+    assert waits[-1] == pytest.approx((60 - 21) / 20, abs=0.1)
+    assert all(b - a < 0.06 for a, b in itertools.pairwise(waits))
+
+
+@pytest.mark.worker
+def test_provider_errors_are_retried_and_nobody_is_lost(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 3
+    contacts = [ContactFactory() for _ in range(7)]
+    esp.state.control({"fail_next": 1, "status": 503})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: esp.state.stats()["failures_served"] >= 1)
+    esp.state.control({"fail_next": 1, "status": 429})
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    assert esp.state.stats()["failures_served"] == 2
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+    campaign.refresh_from_db()
+    assert campaign.sent_count == 7
+
+
+@pytest.mark.worker
+def test_provider_timeout_is_retried_in_batch_mode(celery_worker, esp, sender):
+    contacts = [ContactFactory() for _ in range(5)]
+    esp.state.control({"timeout_next": 1, "seconds": 1.5})
+    campaign = services.campaign_start(campaign=_campaign(send_mode=Campaign.SendMode.BATCH))
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert esp.state.stats()["requests"] == 1
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("mode", [Campaign.SendMode.PER_MESSAGE, Campaign.SendMode.BATCH])
+def test_recipient_the_provider_rejects_is_marked_failed(celery_worker, esp, sender, mode):
+    good = [ContactFactory() for _ in range(3)]
+    bad = ContactFactory(email="nobody@invalid.example")
+    esp.state.control({"reject": [bad.email]})
+    campaign = services.campaign_start(campaign=_campaign(send_mode=mode))
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    failed = Delivery.objects.get(campaign=campaign, contact=bad)
+    assert failed.status == Delivery.Status.FAILED
+    assert "not a valid address" in failed.error
+    assert sorted(esp.state.recipients) == sorted(c.email for c in good)
+    campaign.refresh_from_db()
+    assert (campaign.sent_count, campaign.failed_count) == (3, 1)
+    assert campaign_progress(campaign)["remaining"] == 0
+
+
+@pytest.mark.worker
+def test_consecutive_failed_chunks_pause_the_campaign_with_the_reason(
+    celery_worker, esp, sender, settings
+):
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    for _ in range(6):
+        ContactFactory()
+    esp.state.control({"fail_always": 500})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.PAUSED)
+
+    campaign.refresh_from_db()
+    assert "3 failed chunks in a row" in campaign.status_reason
+    assert "500" in campaign.status_reason
+    time.sleep(0.5)
+    statuses = set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
+    assert statuses == {Delivery.Status.QUEUED}
+    assert esp.state.stats()["recipients"] == 0
+
+    esp.state.control({"reset": True})
+    services.campaign_resume(campaign=campaign)
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    assert esp.state.stats()["recipients"] == 6
+
+
+def test_sweeper_requeues_a_dead_workers_claim_and_counts_the_resends(esp, sender, settings):
+    settings.CAMPAIGN_CLAIM_TIMEOUT = 60
+    for _ in range(5):
+        ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    # A worker claimed the chunk and died: the rows sit claimed, long ago.
+    Delivery.objects.filter(campaign=campaign).update(
+        status=Delivery.Status.CLAIMED,
+        claim_token="dead",
+        claimed_at=timezone.now() - timedelta(minutes=5),
+        attempts=1,
+    )
+    assert sending.chunk_send(campaign_id=campaign.pk, chunk=0).claimed == 0
+
+    assert sending.claims_sweep() == {campaign.pk: 5}
+    sending.chunk_send(campaign_id=campaign.pk, chunk=0)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENT
+    assert (campaign.sent_count, campaign.duplicate_count) == (5, 5)
+
+
+def test_sweeper_leaves_fresh_claims_alone(esp, sender):
+    ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    Delivery.objects.filter(campaign=campaign).update(
+        status=Delivery.Status.CLAIMED, claim_token="alive", claimed_at=timezone.now()
+    )
+    assert sweep_stale_claims.apply().get() == {}
+    assert Delivery.objects.get(campaign=campaign).status == Delivery.Status.CLAIMED
+
+
+def test_start_is_refused_without_postal_or_from_address(sender):
+    SenderSettings.objects.filter(pk=1).update(postal_address="", from_email="")
+    ContactFactory()
+    campaign = _campaign()
+    with pytest.raises(ValidationError) as excinfo:
+        services.campaign_start(campaign=campaign)
+    text = " ".join(excinfo.value.messages)
+    assert "postal address" in text
+    assert "From address" in text
+    assert _status(campaign) == Campaign.Status.DRAFT
+    assert services.sender_problems(SenderSettings.load())
+
+
+def test_start_snapshots_recipients_in_numbered_chunks(sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    vip = TagFactory(name="vip")
+    tagged = [ContactFactory() for _ in range(5)]
+    for contact in tagged:
+        contact.tags.add(vip, TagFactory(name="also"))
+    ContactFactory()  # untagged
+    ContactFactory(status=Contact.Status.PENDING).tags.add(vip)
+    campaign = _campaign(audience=Campaign.Audience.TAGS)
+    campaign.tags.add(vip, TagFactory(name="also"))
+    assert campaign_recipients(campaign).count() == 5
+
+    campaign = services.campaign_start(campaign=campaign)
+    rows = list(Delivery.objects.filter(campaign=campaign).order_by("contact_id"))
+    assert [r.contact_id for r in rows] == [c.pk for c in tagged]
+    assert [r.chunk for r in rows] == [0, 0, 1, 1, 2]
+    assert campaign.total_count == 5
+    assert campaign.status == Campaign.Status.SENDING
+    with pytest.raises(ValidationError):
+        services.campaign_start(campaign=campaign)
+
+
+def test_progress_comes_from_the_counters(sender):
+    campaign = _campaign()
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=Campaign.Status.SENDING,
+        total_count=1000,
+        sent_count=400,
+        failed_count=100,
+        started_at=timezone.now() - timedelta(seconds=10),
+    )
+    campaign.refresh_from_db()
+    progress = campaign_progress(campaign)
+    assert progress["remaining"] == 500
+    assert progress["rate_per_second"] == pytest.approx(50, rel=0.05)
+    assert progress["eta_seconds"] == pytest.approx(10, abs=1)
+    assert progress["status"] == "sending"
+
+
+def test_test_send_goes_only_to_the_given_addresses(mailoutbox, sender, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    contact = ContactFactory(first_name="Zed")
+    campaign = _campaign()
+    sent = services.campaign_send_test(
+        campaign=campaign, emails=["owner@shop.example"], as_contact=contact
+    )
+    assert sent == 1
+    [message] = mailoutbox
+    assert message.to == ["owner@shop.example"]
+    assert message.subject == "[Test] Hi Zed, we're still here"
+    assert message.extra_headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert not Delivery.objects.exists()
+
+
+def test_send_campaign_command_starts_the_campaign(sender, capsys):
+    ContactFactory()
+    campaign = _campaign()
+    call_command("send_campaign", str(campaign.pk))
+    assert _status(campaign) == Campaign.Status.SENDING
+    assert "1 recipients" in capsys.readouterr().out
