@@ -140,7 +140,7 @@ else:
     # rate limits of a single runserver need; production sets REDIS_URL.
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -148,6 +148,8 @@ else:
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
+        # Fanout and control exchanges (broadcast, remote control) live here, not in the cwd.
+        "control_folder": str(_broker_dir / "control"),
     }
     # django-ratelimit warns that a local-memory cache is not shared between processes;
     # on the quickstart there is exactly one web process.
