@@ -80,8 +80,8 @@ class SenderSettingsAdmin(admin.ModelAdmin):
         obj = SenderSettings.load()
         return redirect("admin:campaigns_sendersettings_change", obj.pk)
 
-    def add_view(self, request, form_url="", extra_context=None):
-        return self.changelist_view(request)
+    def has_add_permission(self, request) -> bool:
+        return False  # the one row is made on first use (SenderSettings.load)
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
@@ -121,8 +121,12 @@ class SegmentAdmin(admin.ModelAdmin):
     readonly_fields = ["recipients"]
     change_form_template = "admin/campaigns/segment/change_form.html"
 
-    def get_fields(self, request, obj=None):
-        return ["name", "match", "rules", "recipients"] if obj else ["name", "match", "rules"]
+    def get_fieldsets(self, request, obj=None):
+        first = ["name", "match", "recipients"] if obj else ["name", "match"]
+        return [
+            (None, {"fields": first}),
+            ("Rules as JSON", {"fields": ["rules"], "classes": ["collapse"]}),
+        ]
 
     @admin.display(description="rules")
     def rule_count(self, obj: Segment) -> int:
@@ -325,6 +329,7 @@ class CampaignAdmin(admin.ModelAdmin):
             context["editable"] = obj.status in EDITABLE
             context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
+            context["status_labels"] = dict(Campaign.Status.choices)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def audience_count_view(self, request: HttpRequest) -> JsonResponse:

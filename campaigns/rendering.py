@@ -19,7 +19,10 @@ only of the contact's own plain values (no model objects to walk).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import re
+import time
 from dataclasses import dataclass, field
 from email.utils import formataddr
 from html.parser import HTMLParser
@@ -27,7 +30,9 @@ from html.parser import HTMLParser
 import markdown
 import nh3
 from django.conf import settings
+from django.core import signing
 from django.core.exceptions import ValidationError
+from django.core.signing import b62_encode, b64_encode
 from django.template import (
     Context,
     Engine,
@@ -38,8 +43,9 @@ from django.template import (
 )
 from django.template.base import TextNode, VariableNode
 from django.template.loader import render_to_string
+from django.urls import reverse
 
-from audience.tokens import contact_url
+from audience.tokens import _SALTS, _fingerprint, contact_url
 
 # --- the sandbox -------------------------------------------------------------------
 
@@ -220,6 +226,89 @@ def html_to_text(html: str) -> str:
     return maker.text()
 
 
+# --- signed links, fast ----------------------------------------------------------------
+
+
+class _Links:
+    """Each contact's unsubscribe and preferences URLs, as audience.tokens.contact_url
+    makes them (django.core.signing.dumps, same salts and payload), without its per-call
+    overhead: reverse() and re-deriving the HMAC key cost ~100 µs a message, minutes at a
+    million. It checks itself against contact_url when built and, should the token
+    format ever drift, falls back to contact_url itself."""
+
+    PURPOSES = ("unsubscribe", "preferences")
+
+    def __init__(self, secret: str, site_url: str):
+        self.paths = {}
+        self.macs = {}
+        for purpose in self.PURPOSES:
+            path = reverse(f"audience:{purpose}", args=["TOKEN"])
+            head, tail = path.split("TOKEN")
+            self.paths[purpose] = (site_url + head, tail)
+            # django.utils.crypto.salted_hmac(salt + "signer", value, secret), sha256
+            key = hashlib.sha256((_SALTS[purpose] + "signer").encode() + secret.encode())
+            self.macs[purpose] = hmac.new(key.digest(), digestmod=hashlib.sha256)
+        self.second = -1
+        self.stamp = ""
+        self.fast = True
+        self.fast = self._agrees_with_contact_url()
+
+    def _agrees_with_contact_url(self) -> bool:
+        sample = _Sample(pk=424242, email="Sample.Person@example.com")
+        mine = self.urls(sample)
+        for purpose, url in zip(self.PURPOSES, mine, strict=True):
+            theirs = contact_url(purpose, sample)
+            token = url.removeprefix(self.paths[purpose][0]).removesuffix(self.paths[purpose][1])
+            try:
+                same = signing.loads(token, salt=_SALTS[purpose]) == signing.loads(
+                    theirs.rstrip("/").rsplit("/", 1)[-1], salt=_SALTS[purpose]
+                )
+            except signing.BadSignature:
+                same = False
+            if not same or url.split(":")[0] != theirs.split(":")[0]:
+                return False
+        return True
+
+    def urls(self, contact) -> tuple[str, str]:
+        if not self.fast:
+            return tuple(contact_url(purpose, contact) for purpose in self.PURPOSES)
+        payload = [contact.pk, _fingerprint(contact)]
+        value = b64_encode(json.dumps(payload, separators=(",", ":")).encode("latin-1"))
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.stamp = now, b62_encode(now)
+        value = f"{value.decode()}:{self.stamp}"
+        out = []
+        for purpose in self.PURPOSES:
+            mac = self.macs[purpose].copy()
+            mac.update(value.encode())
+            head, tail = self.paths[purpose]
+            out.append(f"{head}{value}:{b64_encode(mac.digest()).decode()}{tail}")
+        return out[0], out[1]
+
+
+@dataclass
+class _Sample:
+    pk: int
+    email: str
+
+
+_links: dict[tuple[str, str], _Links] = {}
+
+
+def _links_for_settings() -> _Links:
+    key = (settings.SECRET_KEY, settings.SITE_URL)
+    links = _links.get(key)
+    if links is None:
+        links = _links[key] = _Links(*key)
+    return links
+
+
+def contact_links(contact) -> tuple[str, str]:
+    """(unsubscribe URL, preferences URL) for the contact, as contact_url makes them."""
+    return _links_for_settings().urls(contact)
+
+
 # --- the compiled skeleton -------------------------------------------------------------
 
 UNSUBSCRIBE = "unsubscribe_url"
@@ -248,10 +337,8 @@ class Skeleton:
         html_ctx = Context(data, autoescape=True)
         text_ctx = Context(data, autoescape=False)
         html_ctx.template = text_ctx.template = self.template
-        urls = {
-            UNSUBSCRIBE: contact_url("unsubscribe", contact),
-            PREFERENCES: contact_url("preferences", contact),
-        }
+        unsubscribe, preferences = _links_for_settings().urls(contact)
+        urls = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
         out = []
         for slot in self.slots:
             if slot[0] == "url":

@@ -10,8 +10,12 @@ Failure, in brief:
   the rest of the claim is released back to `queued`, and the task retries with
   backoff (TransientSendError); N such chunk failures in a row pause the campaign;
 - the provider rejects a recipient: that row is `failed` with the provider's reason;
-- the worker dies: its rows stay `claimed` until the sweeper re-queues them
-  (`requeued`, counted as possible duplicates when sent again).
+- the worker dies: its chunk stays `claimed` until the sweeper re-queues it
+  (`requeued`: what it sends again counts as possible duplicates, at most the chunk).
+
+Rows are claimed a chunk at a time (one DeliveryChunk row), and each Delivery row is
+written once, queued → sent / failed / skipped, guarded by `status = queued` so a row
+is never counted twice even if two tasks raced for a stale chunk.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from django.utils import timezone
 
 from audience.models import Contact
 from campaigns import ratelimit
-from campaigns.models import Campaign, Delivery, SenderSettings
+from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.rendering import (
     UNSUBSCRIBE,
     Skeleton,
@@ -45,6 +49,7 @@ from campaigns.rendering import (
 logger = logging.getLogger(__name__)
 
 Status = Delivery.Status
+ChunkStatus = DeliveryChunk.Status
 SENDING = Campaign.Status.SENDING
 
 
@@ -101,14 +106,12 @@ class ChunkResult:
     failed: list = field(default_factory=list)  # (delivery_id, reason)
     skipped: list = field(default_factory=list)  # delivery ids
     duplicates: int = 0
-    released: int = 0
     transient: str = ""
     stopped: bool = False
 
 
 _COLUMNS = (
     "pk",
-    "requeued",
     "contact_id",
     "contact__email",
     "contact__first_name",
@@ -119,23 +122,33 @@ _COLUMNS = (
 )
 
 
-def _claim(campaign_id: int, chunk: int, token: str) -> int:
-    return Delivery.objects.filter(
-        campaign_id=campaign_id, chunk=chunk, status=Status.QUEUED
-    ).update(
-        status=Status.CLAIMED,
+def _claim(campaign_id: int, number: int, token: str) -> DeliveryChunk | None:
+    """Claim the chunk with a conditional UPDATE; None if another task has it or it is done."""
+    chunks = DeliveryChunk.objects.filter(campaign_id=campaign_id, number=number)
+    claimed = chunks.filter(status=ChunkStatus.QUEUED).update(
+        status=ChunkStatus.CLAIMED,
         claim_token=token,
         claimed_at=timezone.now(),
         attempts=F("attempts") + 1,
     )
+    return chunks.first() if claimed else None
 
 
-def _claimed_rows(campaign_id: int, chunk: int, token: str) -> list:
+def _release(chunk: DeliveryChunk, token: str, *, done: bool) -> bool:
+    status = ChunkStatus.DONE if done else ChunkStatus.QUEUED
+    return bool(
+        DeliveryChunk.objects.filter(pk=chunk.pk, claim_token=token).update(
+            status=status, claim_token=""
+        )
+    )
+
+
+def _queued_rows(campaign_id: int, number: int, requeued: bool) -> list:
     rows = Delivery.objects.filter(
-        campaign_id=campaign_id, chunk=chunk, status=Status.CLAIMED, claim_token=token
+        campaign_id=campaign_id, chunk=number, status=Status.QUEUED
     ).values_list(*_COLUMNS)
     out = []
-    for pk, requeued, contact_id, email, first, last, phone, attrs, status in rows:
+    for pk, contact_id, email, first, last, phone, attrs, status in rows:
         # A plain object, not a model instance: a million of those cost real seconds.
         contact = SimpleNamespace(
             pk=contact_id,
@@ -155,8 +168,9 @@ def _claimed_rows(campaign_id: int, chunk: int, token: str) -> list:
 class _Guard:
     """Between sends: is the campaign still sending, and is our claim still ours?"""
 
-    def __init__(self, campaign_id: int, token: str):
+    def __init__(self, campaign_id: int, chunk: DeliveryChunk, token: str):
         self.campaign_id = campaign_id
+        self.chunk_id = chunk.pk
         self.token = token
         self.checked = time.monotonic()
         self.heartbeat = self.checked
@@ -175,8 +189,8 @@ class _Guard:
             self.heartbeat = now
             # A long, rate-limited chunk keeps its claim fresh so the sweeper leaves it be;
             # if the sweeper took it anyway, stop before sending anything twice.
-            kept = Delivery.objects.filter(
-                campaign_id=self.campaign_id, status=Status.CLAIMED, claim_token=self.token
+            kept = DeliveryChunk.objects.filter(
+                pk=self.chunk_id, status=ChunkStatus.CLAIMED, claim_token=self.token
             ).update(claimed_at=timezone.now())
             return kept > 0
         return True
@@ -303,70 +317,83 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
     return []
 
 
-def _mark(campaign_id: int, token: str, result: ChunkResult, unsent: list) -> None:
+@dataclass
+class _Marked:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+def _mark(campaign_id: int, result: ChunkResult) -> _Marked:
+    """Write each outcome once. `status = queued` guards every UPDATE, and the counters
+    move by the rows actually updated, so racing tasks never double-count."""
     now = timezone.now()
-    claimed = Delivery.objects.filter(
-        campaign_id=campaign_id, status=Status.CLAIMED, claim_token=token
-    )
+    marked = _Marked()
+    queued = Delivery.objects.filter(campaign_id=campaign_id, status=Status.QUEUED)
     if result.skipped:
-        claimed.filter(pk__in=result.skipped).update(status=Status.SKIPPED, sent_at=None)
+        marked.skipped = queued.filter(pk__in=result.skipped).update(status=Status.SKIPPED)
     if result.sent:
         by_id: dict[str, list[int]] = {}
         for pk, mid in result.sent:
             by_id.setdefault(mid, []).append(pk)
         if len(by_id) <= 4:
             for mid, pks in by_id.items():
-                claimed.filter(pk__in=pks).update(
-                    status=Status.SENT, sent_at=now, message_id=mid, error=""
+                marked.sent += queued.filter(pk__in=pks).update(
+                    status=Status.SENT, sent_at=now, message_id=mid
                 )
         else:
-            _mark_sent_many(campaign_id, token, result.sent, now)
+            marked.sent = _mark_sent_many(campaign_id, result.sent, now)
     for pk, reason in result.failed:
-        claimed.filter(pk=pk).update(status=Status.FAILED, error=reason)
-    if unsent:
-        result.released = claimed.filter(pk__in=[row[0] for row in unsent]).update(
-            status=Status.QUEUED, claim_token=""
-        )
+        marked.failed += queued.filter(pk=pk).update(status=Status.FAILED, error=reason)
+    return marked
 
 
-def _mark_sent_many(campaign_id: int, token: str, sent: list, now) -> None:
+def _mark_sent_many(campaign_id: int, sent: list, now) -> int:
     table = Delivery._meta.db_table
     if db_connection.vendor == "postgresql":
         with db_connection.cursor() as cursor:
             cursor.execute(
-                f"""UPDATE {table} AS d SET status = %s, sent_at = %s, message_id = v.mid,
-                    error = '' FROM unnest(%s::bigint[], %s::text[]) AS v(id, mid)
-                    WHERE d.id = v.id AND d.claim_token = %s AND d.status = %s""",  # noqa: S608
+                f"""UPDATE {table} AS d SET status = %s, sent_at = %s, message_id = v.mid
+                    FROM unnest(%s::bigint[], %s::text[]) AS v(id, mid)
+                    WHERE d.id = v.id AND d.campaign_id = %s AND d.status = %s""",  # noqa: S608
                 [
                     Status.SENT,
                     now,
                     [pk for pk, _ in sent],
                     [mid for _, mid in sent],
-                    token,
-                    Status.CLAIMED,
+                    campaign_id,
+                    Status.QUEUED,
                 ],
             )
-        return
+            return cursor.rowcount
+    queued = set(
+        Delivery.objects.filter(pk__in=[pk for pk, _ in sent], status=Status.QUEUED).values_list(
+            "pk", flat=True
+        )
+    )
     objs = [
-        Delivery(pk=pk, status=Status.SENT, sent_at=now, message_id=mid, error="")
+        Delivery(pk=pk, status=Status.SENT, sent_at=now, message_id=mid)
         for pk, mid in sent
+        if pk in queued
     ]
-    Delivery.objects.bulk_update(objs, ["status", "sent_at", "message_id", "error"], 500)
+    Delivery.objects.bulk_update(objs, ["status", "sent_at", "message_id"], 500)
+    return len(objs)
 
 
 def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
-    """Send one chunk. Raises TransientSendError (after releasing the unsent rows) when
-    the provider should be tried again later."""
+    """Send one chunk. Raises TransientSendError (after giving the chunk back to the
+    queue) when the provider should be tried again later."""
     result = ChunkResult()
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != SENDING:
         return result
     token = uuid.uuid4().hex
-    result.claimed = _claim(campaign_id, chunk, token)
-    if not result.claimed:
+    claimed = _claim(campaign_id, chunk, token)
+    if claimed is None:
         campaign_finish_if_done(campaign_id=campaign_id)
         return result
-    rows = _claimed_rows(campaign_id, chunk, token)
+    rows = _queued_rows(campaign_id, chunk, claimed.requeued)
+    result.claimed = len(rows)
     live = []
     for row in rows:
         if row[2].status == Contact.Status.SUBSCRIBED:
@@ -376,7 +403,7 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
             result.skipped.append(row[0])
     sender = SenderSettings.load()
     skeleton = compile_campaign(campaign, sender)
-    guard = _Guard(campaign_id, token)
+    guard = _Guard(campaign_id, claimed, token)
     unsent: list = []
     if live:
         conn = get_connection(fail_silently=False)
@@ -392,12 +419,11 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
             else:
                 unsent = _send_per_message(live, skeleton, sender, conn, guard, result)
         except Exception as exc:
-            # Open failed or something unexpected: give back every row not yet marked.
-            done = {pk for pk, _ in result.sent} | {pk for pk, _ in result.failed}
-            unsent = [row for row in live if row[0] not in done]
+            # Open failed or something unexpected: record what went out, give the rest back.
+            unsent = [None]
             if not _transient(exc):
-                _mark(campaign_id, token, result, unsent)
-                _count(campaign_id, result, failed_chunk=False)
+                _count(campaign_id, result, _mark(campaign_id, result), failed_chunk=False)
+                _release(claimed, token, done=False)
                 raise
             result.transient = _reason(exc)
         finally:
@@ -405,8 +431,10 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
                 conn.close()
             except Exception:  # closing a broken connection must not mask the real error
                 logger.debug("closing the mail connection failed", exc_info=True)
-    _mark(campaign_id, token, result, unsent)
-    _count(campaign_id, result, failed_chunk=bool(result.transient))
+    marked = _mark(campaign_id, result)
+    _count(campaign_id, result, marked, failed_chunk=bool(result.transient))
+    # Rows not sent stay queued: giving the chunk back is all a retry or resume needs.
+    _release(claimed, token, done=not unsent)
     if result.transient:
         raise TransientSendError(result.transient)
     if not unsent:
@@ -414,18 +442,18 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
     return result
 
 
-def _count(campaign_id: int, result: ChunkResult, *, failed_chunk: bool) -> None:
+def _count(campaign_id: int, result: ChunkResult, marked: _Marked, *, failed_chunk: bool) -> None:
     updates = {
-        "sent_count": F("sent_count") + len(result.sent),
-        "failed_count": F("failed_count") + len(result.failed),
-        "duplicate_count": F("duplicate_count") + result.duplicates,
+        "sent_count": F("sent_count") + marked.sent,
+        "failed_count": F("failed_count") + marked.failed,
+        "duplicate_count": F("duplicate_count") + (marked.sent if result.duplicates else 0),
         "updated_at": timezone.now(),
     }
-    if not failed_chunk and (result.sent or result.failed):
+    if not failed_chunk and (marked.sent or marked.failed):
         updates["consecutive_failed_chunks"] = 0
     # Skipped contacts leave the total: the bar counts who is actually mailed.
-    if result.skipped:
-        updates["total_count"] = F("total_count") - len(result.skipped)
+    if marked.skipped:
+        updates["total_count"] = F("total_count") - marked.skipped
     Campaign.objects.filter(pk=campaign_id).update(**updates)
 
 
@@ -447,11 +475,16 @@ def chunk_failed(*, campaign_id: int, reason: str, exhausted: bool = False) -> b
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:
-    """Mark the campaign sent once no Delivery is queued or claimed."""
-    open_rows = Delivery.objects.filter(
-        campaign_id=campaign_id, status__in=[Status.QUEUED, Status.CLAIMED]
-    )
-    if open_rows.exists():
+    """Mark the campaign sent once every chunk is done, i.e. every Delivery is final."""
+    if (
+        DeliveryChunk.objects.filter(campaign_id=campaign_id)
+        .exclude(status=ChunkStatus.DONE)
+        .exists()
+    ):
+        return False
+    if Delivery.objects.filter(campaign_id=campaign_id, status=Status.QUEUED).exists():
+        # A done chunk with a queued row should not happen; never call that sent.
+        logger.error("Campaign %s: chunks done but rows still queued", campaign_id)
         return False
     return bool(
         Campaign.objects.filter(pk=campaign_id, status=SENDING).update(
@@ -462,16 +495,15 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
 
 def open_chunks(campaign_id: int) -> list[int]:
     return list(
-        Delivery.objects.filter(campaign_id=campaign_id, status=Status.QUEUED)
-        .order_by("chunk")
-        .values_list("chunk", flat=True)
-        .distinct()
+        DeliveryChunk.objects.filter(campaign_id=campaign_id, status=ChunkStatus.QUEUED)
+        .order_by("number")
+        .values_list("number", flat=True)
     )
 
 
 def claims_sweep() -> dict[int, int]:
-    """Re-queue claims that went stale (their worker died) and re-dispatch the chunks
-    of sending campaigns that stopped moving. Returns {campaign id: rows re-queued}."""
+    """Re-queue chunks whose claim went stale (their worker died) and re-dispatch the
+    chunks of sending campaigns that stopped moving. Returns {campaign id: chunks re-queued}."""
     from campaigns.tasks import send_chunk
 
     now = timezone.now()
@@ -480,19 +512,19 @@ def claims_sweep() -> dict[int, int]:
     for campaign_id, updated_at in Campaign.objects.filter(status=SENDING).values_list(
         "pk", "updated_at"
     ):
-        requeued = Delivery.objects.filter(
-            campaign_id=campaign_id, status=Status.CLAIMED, claimed_at__lt=cutoff
-        ).update(status=Status.QUEUED, claim_token="", requeued=True)
-        stalled = updated_at < cutoff
-        if requeued or stalled:
+        requeued = DeliveryChunk.objects.filter(
+            campaign_id=campaign_id, status=ChunkStatus.CLAIMED, claimed_at__lt=cutoff
+        ).update(status=ChunkStatus.QUEUED, claim_token="", requeued=True)
+        if requeued or updated_at < cutoff:
             swept[campaign_id] = requeued
-            # Dispatching a chunk twice is harmless: the claim lets only one task send it.
-            for chunk in open_chunks(campaign_id):
-                send_chunk.delay(campaign_id, chunk)
+            # A task whose message died with its worker is re-sent here; dispatching a
+            # chunk twice is harmless, since the claim lets only one task send it.
+            for number in open_chunks(campaign_id):
+                send_chunk.delay(campaign_id, number)
             Campaign.objects.filter(pk=campaign_id).update(updated_at=now)
             if requeued:
                 logger.warning(
-                    "Campaign %s: re-queued %s rows from a stale claim", campaign_id, requeued
+                    "Campaign %s: re-queued %s chunks from stale claims", campaign_id, requeued
                 )
         campaign_finish_if_done(campaign_id=campaign_id)
     return swept

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audience.models import Contact
-from campaigns.models import Campaign, Delivery, SenderSettings
+from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.rendering import render_message
 from campaigns.selectors import campaign_recipients
 
@@ -59,15 +59,19 @@ def _snapshot(campaign: Campaign) -> int:
     table = Delivery._meta.db_table
     chunk_size = settings.CAMPAIGN_CHUNK_SIZE
     statement = f"""
-        INSERT INTO {table}
-            (campaign_id, contact_id, chunk, status, claim_token, attempts, message_id,
-             error, requeued)
-        SELECT %s, r.pk, (ROW_NUMBER() OVER (ORDER BY r.pk) - 1) / %s, %s, '', 0, '', '', %s
+        INSERT INTO {table} (campaign_id, contact_id, chunk, status, message_id, error)
+        SELECT %s, r.pk, (ROW_NUMBER() OVER (ORDER BY r.pk) - 1) / %s, %s, '', ''
         FROM ({sql}) AS r
     """  # noqa: S608 (table name from the model; values are parameters)
     with connection.cursor() as cursor:
-        cursor.execute(statement, [campaign.pk, chunk_size, Delivery.Status.QUEUED, False, *params])
-        return cursor.rowcount
+        cursor.execute(statement, [campaign.pk, chunk_size, Delivery.Status.QUEUED, *params])
+        total = cursor.rowcount
+    chunks = -(-total // chunk_size)
+    DeliveryChunk.objects.bulk_create(
+        [DeliveryChunk(campaign_id=campaign.pk, number=n) for n in range(chunks)],
+        batch_size=1000,
+    )
+    return total
 
 
 def campaign_start(*, campaign: Campaign, actor: str = "") -> Campaign:

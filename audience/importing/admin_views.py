@@ -78,9 +78,7 @@ class ImportJobAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in ImportJob._meta.fields]
 
     def has_add_permission(self, request) -> bool:
-        return super().has_add_permission(request) and request.user.has_perm(
-            "audience.add_contact"
-        )
+        return super().has_add_permission(request) and request.user.has_perm("audience.add_contact")
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import queue
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,7 +45,7 @@ from audience.services import clean_text
 
 log = logging.getLogger(__name__)
 
-CHUNK = 5000
+CHUNK = 10_000
 SAMPLE_ROWS = 20
 PREVIEW_COUNT_LIMIT = 20_000
 Progress = Callable[[int, int, Counter], None]
@@ -334,6 +336,46 @@ def job_start(
     return job
 
 
+def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Read and parse the next chunks in a thread while this one is written.
+
+    Parsing is Python (it holds the GIL) but the writes mostly wait on PostgreSQL (they
+    release it), so the two overlap; at most ``depth`` chunks wait in memory.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put(("error", exc))
+            return
+        slots.put(("done", None))
+
+    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = slots.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
 def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | None:
     """Run a queued import. Safe to call twice: only one caller claims the job."""
     now = timezone.now()
@@ -353,9 +395,9 @@ def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | Non
         writer.writerow(["line", "reason", *map(neutralise, job.columns)])
 
         def on_reject(line, reason, row):
+            # Called from the reading thread only; the writer thread reads the count.
             nonlocal rejected_count
             rejected_count += 1
-            counts["invalid"] += 1
             # The file came from elsewhere and will be opened in a spreadsheet.
             writer.writerow([line, reason, *map(neutralise, row)])
 
@@ -365,11 +407,13 @@ def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | Non
             tags = TagCache()
             last_saved = 0.0
             with job.file.open("rb") as f:
-                for records, consumed, merged in _chunks(f, job, parser, on_reject):
+                chunks = _prefetch(_chunks(f, job, parser, on_reject))
+                for records, consumed, merged in chunks:
                     plan = import_chunk(records, ctx=ctx, tags=tags)
                     counts.update(plan.counts)
                     counts["merged"] += merged
                     counts["phone_dropped"] += sum(1 for r in records if r.phone_dropped)
+                    counts["invalid"] = rejected_count
                     done += consumed
                     if time.monotonic() - last_saved > 0.5:
                         last_saved = time.monotonic()
@@ -378,6 +422,7 @@ def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | Non
                         )
                     if progress:
                         progress(done, max(job.rows_total, done), counts)
+            counts["invalid"] = rejected_count
         except ImportFileError as exc:
             return _finish(job, ImportJob.Status.FAILED, done, counts, error=str(exc))
         except Exception:

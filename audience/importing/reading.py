@@ -173,8 +173,10 @@ class Reader:
                     continue
                 yield row
         finally:
-            # Leave the binary file open for the caller who owns it.
-            text.detach()
+            # Leave the binary file open for the caller who owns it (unless it has been
+            # closed already, when an abandoned generator is collected late).
+            if not self.f.closed:
+                text.detach()
 
     def _xlsx_rows(self) -> Iterator[list[str] | BadRow]:
         import openpyxl

@@ -19,6 +19,7 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connections
 
 from audience import snippets
 from audience.models import SignupForm
@@ -127,9 +128,13 @@ def page(new_page):
 
 
 @pytest.fixture
-def stillhere(live_server, settings):
+def stillhere(live_server, settings, monkeypatch):
     """The live Stillhere server; snippets and email links point at it."""
     settings.SITE_URL = live_server.url
+    # Chromium keeps HTTP connections alive, so a live-server thread can outlive the
+    # test holding a persistent database connection, and the test database then cannot
+    # be dropped at the end of the run. Request threads close theirs after each request.
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 0)
     return live_server
 
 
@@ -138,7 +143,7 @@ class _ShopHandler(BaseHTTPRequestHandler):
         self.pages = pages
         super().__init__(*args, **kwargs)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = self.pages.get(self.path.split("?")[0])
         if body is None:
             self.send_error(404)
@@ -150,7 +155,7 @@ class _ShopHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 (http.server's signature)
+    def log_message(self, format, *args) -> None:
         pass
 
 

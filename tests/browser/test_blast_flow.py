@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -70,9 +71,11 @@ def test_emergency_update_goes_out_from_the_admin_index_in_three_clicks(
     expect(frame.get_by_text("https://corner.example/shop").first).to_be_visible()
     expect(frame.get_by_text("+1 415 555 0100")).to_be_visible()
     click(page.locator("#send-now"))
-    expect(page.locator("#campaign-status")).to_have_text("Sending")
+    # A handful of recipients may all be sent before the page has even loaded.
+    expect(page.locator("#campaign-status")).to_have_text(re.compile("^(Sending|Sent)$"))
     elapsed = time.monotonic() - started
 
+    print(f"emergency flow: admin index → sending in {elapsed:.2f} s, {clicks} clicks")
     assert clicks == 3
     assert elapsed < 60, f"index → sending took {elapsed:.1f} s"
     # The progress bar polls and the page shows the campaign finished.
@@ -81,6 +84,33 @@ def test_emergency_update_goes_out_from_the_admin_index_in_three_clicks(
     campaign = Campaign.objects.get()
     assert campaign.is_emergency
     assert sorted(m.to[0] for m in mailoutbox) == sorted(emails)
+
+
+def test_progress_bar_follows_the_campaign_live(page, stillhere, owner, ready_sender):
+    """The campaign page polls its progress endpoint and reloads when the status changes."""
+    from django.utils import timezone
+
+    expect = _expect()
+    campaign = Campaign.objects.create(
+        name="Live", subject="Hi", body="Hello", status=Campaign.Status.SENDING,
+        total_count=10, started_at=timezone.now(),
+    )  # fmt: skip
+    _log_in(page, stillhere.url)
+    page.goto(f"{stillhere.url}/admin/campaigns/campaign/{campaign.pk}/change/")
+    expect(page.locator("#p-remaining")).to_have_text("10")
+    expect(page.locator("#pause-button")).to_be_visible()
+
+    Campaign.objects.filter(pk=campaign.pk).update(sent_count=4, failed_count=1)
+    expect(page.locator("#p-sent")).to_have_text("4")
+    expect(page.locator("#p-failed")).to_have_text("1")
+    expect(page.locator("#p-remaining")).to_have_text("5")
+    assert page.locator("#progress-sent").evaluate("el => el.style.width") == "40%"
+
+    Campaign.objects.filter(pk=campaign.pk).update(
+        sent_count=9, status=Campaign.Status.SENT, finished_at=timezone.now()
+    )
+    expect(page.locator("#campaign-status")).to_have_text("Sent")
+    expect(page.locator("#pause-button")).to_have_count(0)  # reloaded: no more buttons
 
 
 def test_emergency_send_is_blocked_until_the_postal_address_is_set(page, stillhere, owner):

@@ -257,9 +257,7 @@ def test_shop_css_and_embed_css_do_not_reach_each_other(page, shop, signup_form,
     assert _computed(shop_button, "border-top-style") == "dashed"
     assert _computed(page.locator("#shop-note"), "background-color") == "rgba(0, 0, 0, 0)"
     assert _computed(page.locator("#shop-search"), "border-top-color") == "rgb(255, 105, 180)"
-    assert _computed(page.locator("#html-embed form"), "background-color") == (
-        "rgb(255, 255, 0)"
-    )
+    assert _computed(page.locator("#html-embed form"), "background-color") == ("rgb(255, 255, 0)")
     assert _computed(page.locator("body"), "font-family") == "Georgia, serif"
 
     # For a human to look at (the screenshot is not compared; set STILLHERE_SCREENSHOT_DIR

@@ -81,6 +81,8 @@ def test_sender_settings_list_goes_straight_to_the_single_row(admin_client):
     assert response.url == reverse("admin:campaigns_sendersettings_change", args=[1])
     assert admin_client.get(response.url).status_code == 200
     assert SenderSettings.objects.count() == 1
+    index = admin_client.get(reverse("admin:index")).content.decode()
+    assert reverse("admin:campaigns_sendersettings_add") not in index
 
 
 def test_sender_settings_save_returns_to_the_page_that_sent_us(admin_client, sender):
@@ -263,6 +265,17 @@ def test_scheduling_sets_the_time(admin_client, sender):
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.SCHEDULED
     assert campaign.scheduled_at.strftime("%Y-%m-%d %H:%M") == when.strftime("%Y-%m-%d %H:%M")
+
+
+def test_unscheduling_returns_the_campaign_to_draft(admin_client, sender):
+    campaign = _campaign()
+    when = timezone.now() + timedelta(hours=3)
+    admin_client.post(_url("schedule", campaign.pk), {"when": when.strftime("%Y-%m-%dT%H:%M")})
+    page = admin_client.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+    assert 'id="unschedule-button"' in page.content.decode()
+    admin_client.post(_url("unschedule", campaign.pk))
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.scheduled_at) == (Campaign.Status.DRAFT, None)
 
 
 def test_scheduling_in_the_past_is_refused(admin_client, sender):

@@ -6,9 +6,16 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audience.models import Contact
+from audience.models import Contact, Tag
 from campaigns.models import Campaign, Delivery, Segment
-from campaigns.segments import contacts_matching, segment_contacts, segment_count, validate_rules
+from campaigns.segments import (
+    audience_contacts,
+    contacts_matching,
+    segment_contacts,
+    segment_count,
+    validate_rules,
+)
+from campaigns.selectors import campaign_recipients
 from tests.factories import ContactFactory, SignupFormFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -220,3 +227,28 @@ def test_validate_rules_accepts_good_rules():
         {"field": "engaged", "op": "within_days", "value": "30"},
     ]
     assert validate_rules(rules) is None
+
+
+def test_live_audience_count_agrees_with_the_senders_recipients(people):
+    """The compose page counts unsaved choices with audience_contacts; the sender uses
+    campaign_recipients on the saved campaign. They must never disagree."""
+    vip, late = Tag.objects.get(name="VIP"), Tag.objects.get(name="late")
+    segment = Segment.objects.create(
+        name="Recent", rules=[{"field": "signed_up", "op": "within_days", "value": 100}]
+    )
+    everyone = _campaign("Everyone")
+    by_segment = Campaign.objects.create(name="S", subject="S", body="B",
+                                         audience="segment", segment=segment)  # fmt: skip
+    by_tags = Campaign.objects.create(name="T", subject="T", body="B", audience="tags")
+    by_tags.tags.add(vip, late)
+
+    def emails(queryset):
+        return set(queryset.values_list("email", flat=True))
+
+    assert emails(audience_contacts(audience="everyone")) == emails(
+        campaign_recipients(everyone)) == {"ann@example.com", "bob@example.com"}  # fmt: skip
+    assert emails(audience_contacts(audience="segment", segment=segment)) == emails(
+        campaign_recipients(by_segment)) == {"bob@example.com"}  # fmt: skip
+    assert emails(audience_contacts(audience="tags", tag_ids=[vip.pk, late.pk])) == emails(
+        campaign_recipients(by_tags)) == {"ann@example.com", "bob@example.com"}  # fmt: skip
+    assert audience_contacts(audience="tags", tag_ids=[vip.pk, late.pk]).count() == 2

@@ -1,0 +1,539 @@
+"""How many signups a second does Stillhere take, and how fast does it answer?
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_signup \\
+    REDIS_URL=redis://127.0.0.1:6379/4 .venv/bin/python bench/signup.py
+
+Starts gunicorn (DEBUG off, PostgreSQL, Redis as cache, rate-limit store and Celery
+broker) on a free loopback port, then:
+
+1. the floor: wrk posts the same multipart body to a trivial Django view on the same
+   server (bench/signup_urls.py), closed loop, N requests;
+2. signups: wrk posts N distinct signups exactly as the script embed does (multipart
+   FormData, ``Accept: application/json``, the shop's ``Origin``, a signed render stamp),
+   closed loop; each one is a new pending contact whose confirmation task goes to Redis;
+3. a fixed rate of 200 signups/s from an asyncio client in a separate process, latency
+   measured from each request's scheduled send time (so a stall is not hidden);
+4. the check: the database holds exactly the accepted (2xx) signups, each with its
+   consent event, and the broker holds exactly one confirmation task for each.
+
+It needs the `wrk` command (Debian: apt-get install wrk). The database is created if
+missing and migrated; only this run's contacts are counted and, at the end, deleted;
+the confirmation tasks it queued are purged (no worker runs during the benchmark).
+Exit status 1 if anything was lost or failed, 2 if a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BOUNDARY = "----StillhereBench7MA4YWxkTrZu0gW"
+SHOP_ORIGIN = "https://shop.bench.example"
+FORM_KEY = "bench-signup"
+CONSENT = "Yes, email me news and offers. I can unsubscribe at any time."
+
+# Targets from issue 3, on a 2-core machine.
+TARGET_RATE = 500.0
+TARGET_FLOOR_SHARE = 0.5
+TARGET_P99_AT_RATE_MS = 100.0
+
+# wrk's Lua (LuaJIT): distinct emails, exactly N requests, then stop. wrk itself only
+# knows durations and would cut requests off mid-flight (committed on the server, never
+# counted by the client), which would make "nothing lost" unprovable. So `delay()` hands
+# out at most N request slots; after the N-th answer the thread stops and SIGINT ends
+# wrk's sleep, so its requests/s is over the real run time.
+WRK_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[ int kill(int pid, int sig); int getpid(void); ]]
+
+local n = tonumber(os.getenv("BENCH_N"))
+local prefix = os.getenv("BENCH_PREFIX")
+local domain = os.getenv("BENCH_DOMAIN")
+local stamp = os.getenv("BENCH_STAMP")
+local path = os.getenv("BENCH_PATH")
+local boundary = os.getenv("BENCH_BOUNDARY")
+
+wrk.method = "POST"
+wrk.headers["Accept"] = "application/json"
+wrk.headers["Origin"] = os.getenv("BENCH_ORIGIN")
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+
+reserved, issued, answered, accepted, rejected = 0, 0, 0, 0, 0
+
+local function part(name, value)
+  return "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"" .. name ..
+    "\"\r\n\r\n" .. value .. "\r\n"
+end
+
+function delay()
+  if reserved >= n then return 3600000 end
+  reserved = reserved + 1
+  return 0
+end
+
+function request()
+  issued = issued + 1
+  local body = part("email", prefix .. issued .. "@" .. domain) ..
+    part("first_name", "Bench") .. part("last_name", "Mark") .. part("consent", "on") ..
+    part("website", "") .. part("ts", stamp) .. "--" .. boundary .. "--\r\n"
+  return wrk.format(nil, path, nil, body)
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  if status >= 200 and status < 300 then accepted = accepted + 1 else rejected = rejected + 1 end
+  if answered >= n then
+    wrk.thread:stop()
+    ffi.C.kill(ffi.C.getpid(), 2)
+  end
+end
+
+function done(summary, latency, requests)
+  local t = threads[1]
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"duration_us": %d, "requests": %d, "issued": %d, "answered": %d, ' ..
+    '"accepted": %d, "rejected": %d, "connect_errors": %d, "read_errors": %d, ' ..
+    '"write_errors": %d, "timeouts": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.duration, summary.requests, t:get("issued"), t:get("answered"),
+    t:get("accepted"), t:get("rejected"), e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+# --- the fixed-rate client (runs in its own process) ----------------------------------
+
+
+def _multipart(fields: dict[str, str]) -> bytes:
+    out = []
+    for name, value in fields.items():
+        out.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    out.append(f"--{BOUNDARY}--\r\n")
+    return "".join(out).encode()
+
+
+def _signup_request(host: str, path: str, email: str, stamp: str) -> bytes:
+    body = _multipart(
+        {
+            "email": email,
+            "first_name": "Bench",
+            "last_name": "Mark",
+            "consent": "on",
+            "website": "",
+            "ts": stamp,
+        }
+    )
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+        f"Origin: {SHOP_ORIGIN}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, status = lines[0].split(" ", 2)[:2]
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+    return int(status), keep_alive
+
+
+async def _paced(args: argparse.Namespace) -> dict:
+    """Open loop: request i is due at start + i/rate whatever happened to the others."""
+    loop = asyncio.get_running_loop()
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: Counter[str] = Counter()
+    host = f"127.0.0.1:{args.port}"
+
+    async def one(i: int, due: float) -> None:
+        try:
+            reader, writer = (
+                idle.pop() if idle else await asyncio.open_connection("127.0.0.1", args.port)
+            )
+        except OSError as exc:
+            errors[type(exc).__name__] += 1
+            return
+        try:
+            email = f"{args.prefix}{i + 1}@{args.domain}"
+            writer.write(_signup_request(host, args.path, email, args.stamp))
+            status, keep_alive = await _read_response(reader)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            errors[type(exc).__name__] += 1
+            writer.close()
+            return
+        latencies.append(loop.time() - due)
+        statuses[status] += 1
+        if keep_alive:
+            idle.append((reader, writer))
+        else:
+            writer.close()
+
+    start = loop.time() + 0.1
+    tasks = []
+    for i in range(args.count):
+        due = start + i / args.rate
+        wait = due - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for _, writer in idle:
+        writer.close()
+    latencies.sort()
+    return {
+        "sent": args.count,
+        "elapsed_s": elapsed,
+        "accepted": sum(n for status, n in statuses.items() if 200 <= status < 300),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": dict(errors),
+        "p50_ms": _percentile(latencies, 50) * 1000,
+        "p99_ms": _percentile(latencies, 99) * 1000,
+        "max_ms": (latencies[-1] if latencies else 0.0) * 1000,
+    }
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, max(0, round(pct / 100 * len(values) + 0.5) - 1))
+    return values[index]
+
+
+def paced_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    for name in ("--port", "--count"):
+        parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    for name in ("--path", "--prefix", "--domain", "--stamp"):
+        parser.add_argument(name, required=True)
+    result = asyncio.run(_paced(parser.parse_args(argv)))
+    print("BENCH " + json.dumps(result), flush=True)
+
+
+# --- the benchmark ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ensure_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin_url = parts._replace(scheme="postgresql", path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _bench_env(args: argparse.Namespace, port: int, var_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "bench.signup_settings",
+            "PYTHONPATH": str(ROOT),
+            "DEBUG": "0",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SITE_URL": f"http://127.0.0.1:{port}",
+            "STILLHERE_VAR_DIR": str(var_dir),
+            # The limits still count in Redis on every request (that cost is part of a
+            # signup); they are only raised so that one loopback IP may sign up N people.
+            "SIGNUP_RATE_PER_IP": "10000000/m",
+            "SIGNUP_RATE_PER_FORM": "10000000/m",
+            "SIGNUP_MIN_SECONDS": "0",
+            "EMAIL_PROVIDER": "outbox",
+            "LOG_LEVEL": "WARNING",
+            "STILLHERE_DEMO": "0",
+        }
+    )
+    return env
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"gunicorn exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"gunicorn did not answer {url} in {timeout:.0f}s")
+
+
+def _wrk(args, port: int, path: str, n: int, prefix: str, domain: str, stamp: str, lua: Path):
+    env = dict(
+        os.environ,
+        BENCH_N=str(n),
+        BENCH_PREFIX=prefix,
+        BENCH_DOMAIN=domain,
+        BENCH_STAMP=stamp,
+        BENCH_PATH=path,
+        BENCH_ORIGIN=SHOP_ORIGIN,
+        BENCH_BOUNDARY=BOUNDARY,
+    )
+    # -t1: one wrk thread keeps the N-request accounting in one Lua state, and is far
+    # from being the bottleneck at these rates. -d is only a safety stop.
+    cmd = [
+        "wrk", "-t1", f"-c{args.connections}", f"-d{args.wrk_timeout}s", "--timeout", "10s",
+        "-s", str(lua), f"http://127.0.0.1:{port}{path}",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("BENCH ")]
+    if not lines:
+        raise SystemExit(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    result = json.loads(lines[-1][len("BENCH ") :])
+    result["rate"] = result["answered"] / (result["duration_us"] / 1e6)
+    result["wanted"] = n
+    return result
+
+
+def _queries_per_signup(domain: str, stamp: str) -> list[str]:
+    """One signup through Django's test client, with its SQL captured (diagnostics)."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        response = Client().post(
+            f"/f/{FORM_KEY}/submit",
+            {"email": f"q0@{domain}", "first_name": "Bench", "consent": "on", "ts": stamp},
+            HTTP_ACCEPT="application/json",
+            HTTP_ORIGIN=SHOP_ORIGIN,
+            SERVER_NAME="127.0.0.1",
+        )
+    if response.status_code != 200:
+        raise SystemExit(f"a test signup answered {response.status_code}: {response.content!r}")
+    return [" ".join(q["sql"].split())[:110] for q in captured.captured_queries]
+
+
+def _queued_tasks(redis_url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    # kombu keeps the default queue as a list named after it (priority lists get suffixes).
+    return sum(
+        client.llen(key) for key in client.scan_iter("celery*") if client.type(key) == b"list"
+    )
+
+
+def _fmt(result: dict) -> str:
+    return (
+        f"{result['rate']:8.0f} req/s   p50 {result['p50_us'] / 1000:6.1f} ms   "
+        f"p99 {result['p99_us'] / 1000:6.1f} ms   ({result['answered']} answered, "
+        f"{result['accepted']} 2xx)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", "--signups", type=int, default=10000, help="closed-loop signups")
+    parser.add_argument("-c", "--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
+    parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")
+    parser.add_argument("--rate", type=float, default=200.0, help="fixed-rate phase, per second")
+    parser.add_argument("--rate-seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--wrk-timeout", type=int, default=300, help="safety stop for wrk")
+    parser.add_argument("--keep", action="store_true", help="keep this run's contacts")
+    args = parser.parse_args()
+
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not database_url.startswith(("postgres://", "postgresql://")) or not redis_url:
+        raise SystemExit(
+            "set DATABASE_URL=postgres://… and REDIS_URL=redis://… (see the docstring)"
+        )
+    if not shutil.which("wrk"):
+        raise SystemExit("this benchmark needs wrk: apt-get install -y wrk")
+    _ensure_database(database_url)
+
+    port = _free_port()
+    var_dir = Path(tempfile.mkdtemp(prefix="stillhere-bench-"))
+    env = _bench_env(args, port, var_dir)
+    python = sys.executable
+    for command in (["migrate", "--noinput", "-v0"], ["collectstatic", "--noinput", "-v0"]):
+        subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True)
+
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from audience.forms import render_stamp
+    from audience.models import ConsentEvent, Contact, SignupForm
+    from config.celery import app as celery_app
+
+    signup_form, _ = SignupForm.objects.update_or_create(
+        public_key=FORM_KEY,
+        defaults={
+            "name": "Benchmark",
+            "allowed_origins": SHOP_ORIGIN,
+            "double_opt_in": True,
+            "consent_text": CONSENT,
+            "name_field": "optional",
+            "phone_field": "hidden",
+            "enabled": True,
+        },
+    )
+    stamp = render_stamp(signup_form)
+    run = secrets.token_hex(4)
+    domain = f"r{run}.bench.example"
+    celery_app.control.purge()
+    queued_before = _queued_tasks(redis_url)
+
+    lua = var_dir / "signup.lua"
+    lua.write_text(WRK_LUA)
+    gunicorn_cmd = [
+        python, "-m", "gunicorn", "config.wsgi:application",
+        "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers),
+        "--worker-class", args.worker_class, "--threads", str(args.threads),
+        "--backlog", "2048", "--log-level", "warning",
+        "--error-logfile", str(var_dir / "gunicorn.log"),
+    ]  # fmt: skip
+    server = subprocess.Popen(gunicorn_cmd, cwd=ROOT, env=env, start_new_session=True)
+    failures: list[str] = []
+    missed: list[str] = []
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
+        submit = f"/f/{FORM_KEY}/submit"
+        print(
+            f"gunicorn {args.workers} x {args.worker_class}"
+            f"{f' ({args.threads} threads)' if args.worker_class == 'gthread' else ''}, "
+            f"wrk -t1 -c{args.connections}, {os.cpu_count()} CPUs, load {_load()}"
+        )
+        queries = _queries_per_signup(domain, stamp)
+        print(f"queries per signup: {len(queries)}")
+        for sql in queries:
+            print(f"    {sql}")
+        accepted = 1  # the diagnostic signup above
+
+        warm = _wrk(args, port, "/bench/trivial", args.warmup, "w", domain, stamp, lua)
+        warm_signups = _wrk(args, port, submit, args.warmup, "w", domain, stamp, lua)
+        accepted += warm_signups["accepted"]
+
+        floor = _wrk(args, port, "/bench/trivial", args.signups, "t", domain, stamp, lua)
+        signups = _wrk(args, port, submit, args.signups, "s", domain, stamp, lua)
+        accepted += signups["accepted"]
+        print(f"trivial view (floor)  {_fmt(floor)}")
+        print(f"signups               {_fmt(signups)}")
+        share = signups["rate"] / floor["rate"]
+        print(f"signups / floor       {share:8.2f}")
+
+        count = round(args.rate * args.rate_seconds)
+        paced_cmd = [
+            python, str(Path(__file__).resolve()), "--paced", "--port", str(port),
+            "--count", str(count), "--rate", str(args.rate), "--path", submit,
+            "--prefix", "p", "--domain", domain, "--stamp", stamp,
+        ]  # fmt: skip
+        out = subprocess.run(paced_cmd, capture_output=True, text=True, check=True, env=env)
+        paced = json.loads(out.stdout.split("BENCH ", 1)[1])
+        accepted += paced["accepted"]
+        print(
+            f"fixed {args.rate:.0f}/s for {paced['elapsed_s']:.1f} s  p50 {paced['p50_ms']:6.1f} ms"
+            f"   p99 {paced['p99_ms']:6.1f} ms   max {paced['max_ms']:6.1f} ms   "
+            f"({paced['sent']} sent, {paced['accepted']} 2xx)"
+        )
+        print(f"load after: {_load()}")
+
+        for name, result in (
+            ("warm-up", warm),
+            ("warm-up signups", warm_signups),
+            ("floor", floor),
+            ("signups", signups),
+        ):
+            errors = {
+                k: result[k]
+                for k in ("rejected", "connect_errors", "read_errors", "write_errors", "timeouts")
+            }
+            if any(errors.values()) or result["answered"] != result["wanted"]:
+                failures.append(f"{name}: {errors}, {result['answered']}/{result['wanted']} answered")
+        if paced["errors"] or paced["accepted"] != paced["sent"]:
+            failures.append(f"fixed rate: statuses {paced['statuses']}, errors {paced['errors']}")
+
+        stored = Contact.objects.filter(email__endswith="@" + domain)
+        contacts = stored.count()
+        events = ConsentEvent.objects.filter(
+            contact__in=stored, kind=ConsentEvent.Kind.SIGNUP
+        ).count()
+        pending = stored.filter(status=Contact.Status.PENDING).count()
+        queued = _queued_tasks(redis_url) - queued_before
+        print(
+            f"accepted {accepted}, contacts stored {contacts} ({pending} pending), "
+            f"signup consent events {events}, confirmation tasks queued {queued}"
+        )
+        if not (accepted == contacts == events == pending == queued):
+            failures.append("stored contacts, consent events or queued tasks != accepted signups")
+
+        if signups["rate"] < TARGET_RATE:
+            missed.append(f"{signups['rate']:.0f} signups/s < {TARGET_RATE:.0f}")
+        if share < TARGET_FLOOR_SHARE:
+            missed.append(f"signups at {share:.2f} of the floor < {TARGET_FLOOR_SHARE}")
+        if paced["p99_ms"] >= TARGET_P99_AT_RATE_MS:
+            missed.append(f"p99 {paced['p99_ms']:.1f} ms at {args.rate:.0f}/s")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        celery_app.control.purge()
+        if not args.keep:
+            Contact.objects.filter(email__endswith="@" + domain).delete()
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+    for line in failures:
+        print(f"FAILED: {line}")
+    for line in missed:
+        print(f"TARGET MISSED: {line}")
+    if not failures and not missed:
+        print("OK: nothing lost, all targets met")
+    return 1 if failures else 2 if missed else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--paced"]:
+        paced_main(sys.argv[2:])
+    else:
+        sys.exit(main())
