@@ -27,6 +27,7 @@ from django.db.models import QuerySet
 from audience.models import Contact
 
 BATCH = 5000
+BLOCK = 256 * 1024  # bytes per streamed piece on the COPY path
 COLUMNS = (
     "email", "first_name", "last_name", "phone", "status", "tags", "source",
     "created_at", "confirmed_at", "unsubscribed_at",
@@ -88,9 +89,92 @@ def rows(queryset: QuerySet[Contact]) -> Iterator[list[list[str]]]:
         yield out
 
 
+# --- PostgreSQL: the database formats the rows ----------------------------------------
+#
+# Through the ORM a row costs ~10 µs of Python; here PostgreSQL aggregates the tags,
+# formats the timestamps, neutralises formulas (the same rule as neutralise()) and, for
+# CSV, writes the CSV itself via COPY … TO STDOUT, so Python only passes bytes along.
+
+_PG_FORMULA_START = "('=', '+', '-', '@', chr(9), chr(13))"
+
+
+def _pg_neutral(expr: str) -> str:
+    return (
+        f"CASE WHEN left({expr}, 1) IN {_PG_FORMULA_START} THEN chr(39) || {expr} ELSE {expr} END"
+    )
+
+
+def _pg_stamp(expr: str) -> str:
+    fmt = 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'
+    return f"coalesce(to_char({expr} AT TIME ZONE 'UTC', '{fmt}'), '')"
+
+
+def _pg_select(queryset: QuerySet[Contact]) -> tuple[str, tuple]:
+    contact = Contact._meta.db_table
+    through = Contact.tags.through._meta.db_table
+    tag = Contact.tags.field.related_model._meta.db_table
+    agg = "string_agg(t.name, ', ' ORDER BY lower(t.name), t.id)"
+    filtered = bool(queryset.query.where or queryset.query.combinator or queryset.query.is_sliced)
+    if filtered:
+        # A selection: look each contact's tags up through the index.
+        tags = (
+            f"(SELECT {agg} FROM {through} ct JOIN {tag} t ON t.id = ct.tag_id "  # noqa: S608
+            "WHERE ct.contact_id = c.id)"
+        )
+        joins = ""
+    else:
+        # Everyone: one hash join over all tag links is ~3x faster than a lookup per row.
+        tags = "tg.tags"
+        joins = (
+            f" LEFT JOIN (SELECT ct.contact_id, {agg} AS tags FROM {through} ct "  # noqa: S608
+            f"JOIN {tag} t ON t.id = ct.tag_id GROUP BY ct.contact_id) tg "
+            "ON tg.contact_id = c.id"
+        )
+    columns = [
+        _pg_neutral("c.email"), _pg_neutral("c.first_name"), _pg_neutral("c.last_name"),
+        _pg_neutral("c.phone"), "c.status", _pg_neutral(f"coalesce({tags}, '')"), "c.source",
+        _pg_stamp("c.created_at"), _pg_stamp("c.confirmed_at"), _pg_stamp("c.unsubscribed_at"),
+    ]  # fmt: skip
+    sql = f"SELECT {', '.join(columns)} FROM {contact} c{joins}"  # noqa: S608
+    params: tuple = ()
+    if filtered:
+        inner, params = queryset.order_by().values("pk").query.sql_with_params()
+        sql += f" WHERE c.id IN ({inner})"
+    return sql + " ORDER BY c.id", params
+
+
+def _pg_stream_csv(queryset: QuerySet[Contact]) -> Iterator[bytes]:
+    sql, params = _pg_select(queryset)
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow(COLUMNS)  # COPY ends rows with \n
+    block = bytearray(("\ufeff" + head.getvalue()).encode("utf-8"))
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params or None) as copy,
+    ):
+        for data in copy:
+            block += data
+            if len(block) >= BLOCK:
+                yield bytes(block)
+                block.clear()
+    yield bytes(block)
+
+
+def _pg_rows(queryset: QuerySet[Contact]) -> Iterator[list[tuple]]:
+    sql, params = _pg_select(queryset)
+    # A server-side cursor: rows arrive BATCH at a time, whatever the table's size.
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(BATCH):
+            yield batch
+
+
 def stream_csv(queryset: QuerySet[Contact]) -> Iterator[bytes]:
+    if connection.vendor == "postgresql":
+        yield from _pg_stream_csv(queryset)
+        return
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")  # as COPY writes it on PostgreSQL
     # A BOM so Excel reads the file as UTF-8 rather than the ANSI code page.
     buffer.write("\ufeff")
     writer.writerow(COLUMNS)
@@ -180,7 +264,8 @@ def stream_xlsx(queryset: QuerySet[Contact]) -> Iterator[bytes]:
                 b"<sheetData>" + _xml_row(1, COLUMNS).encode()
             )
             number = 1
-            for batch in rows(queryset):
+            batches = _pg_rows(queryset) if connection.vendor == "postgresql" else rows(queryset)
+            for batch in batches:
                 parts = []
                 for row in batch:
                     number += 1

@@ -87,7 +87,7 @@ def _seed(n: int) -> None:
         names = ["Ann", "Bo", "Chloé", "Dev", "", "O'Neil & Sons", "<Zed>"]
         columns = "email, first_name, last_name, phone, status, attributes, source, created_at"
         with cursor.cursor.copy(
-            f"COPY audience_contact ({columns}, updated_at) FROM STDIN"  # noqa: S608
+            f"COPY audience_contact ({columns}, updated_at) FROM STDIN"
         ) as copy:
             for i in range(n):
                 copy.write_row(
@@ -148,9 +148,11 @@ def _start_workers(k: int, env: dict) -> list[subprocess.Popen]:
     for i in range(k):
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo"]
-                + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-                + ["--without-heartbeat", "-n", f"bench{i}@%h"],
+                [
+                    *(sys.executable, "-m", "celery", "-A", "config", "worker"),
+                    *("--pool", "solo", "--loglevel", "WARNING", "--without-gossip"),
+                    *("--without-mingle", "--without-heartbeat", "-n", f"bench{i}@%h"),
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -185,7 +187,7 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
     from config.celery import app
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE campaigns_delivery")
+        cursor.execute("TRUNCATE campaigns_delivery, campaigns_deliverychunk")
     app.control.purge()
     workers = _start_workers(k, env)
     time.sleep(4)  # let them connect and import everything before the clock starts
@@ -193,7 +195,8 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
     t0 = time.time()
     campaign = services.campaign_start(campaign=campaign)
     snapshot = time.time() - t0
-    assert campaign.total_count == n, (campaign.total_count, n)
+    if campaign.total_count != n:
+        raise SystemExit(f"snapshot has {campaign.total_count} recipients, expected {n}")
     while True:
         time.sleep(0.25)
         campaign.refresh_from_db()
@@ -202,8 +205,11 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
     elapsed = campaign.finished_at.timestamp() - t0
     rss = [_peak_rss_mb(p.pid) for p in workers]
     _stop(workers)
-    assert campaign.status == Campaign.Status.SENT, (campaign.status, campaign.status_reason)
-    assert campaign.sent_count == n, (campaign.sent_count, n)
+    if campaign.status != Campaign.Status.SENT or campaign.sent_count != n:
+        raise SystemExit(
+            f"campaign ended {campaign.status} with {campaign.sent_count}/{n} sent: "
+            f"{campaign.status_reason}"
+        )
     return {"elapsed": elapsed, "rate": n / elapsed, "rss": rss, "snapshot": snapshot}
 
 
@@ -336,8 +342,14 @@ def main() -> None:
     port = _free_port()
     env = _configure_env(args, port)
     esp = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fake_esp.py"), "--port", str(port)]
-        + ["--record", "count"],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fake_esp.py"),
+            "--port",
+            str(port),
+            "--record",
+            "count",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

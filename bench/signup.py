@@ -332,23 +332,45 @@ def _wrk(args, port: int, path: str, n: int, prefix: str, domain: str, stamp: st
     return result
 
 
-def _queries_per_signup(domain: str, stamp: str) -> list[str]:
-    """One signup through Django's test client, with its SQL captured (diagnostics)."""
+def _round_trips_per_signup(domain: str, stamp: str) -> tuple[list[str], list[str]]:
+    """One signup through Django's test client, with its SQL and Redis commands captured:
+    each is a round trip, and on a 2-core machine round trips are what a signup costs."""
+    import redis
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    with CaptureQueriesContext(connection) as captured:
-        response = Client().post(
-            f"/f/{FORM_KEY}/submit",
-            {"email": f"q0@{domain}", "first_name": "Bench", "consent": "on", "ts": stamp},
-            HTTP_ACCEPT="application/json",
-            HTTP_ORIGIN=SHOP_ORIGIN,
-            SERVER_NAME="127.0.0.1",
-        )
+    commands: list[str] = []
+    execute_command = redis.Redis.execute_command
+    pipeline_execute = redis.client.Pipeline.execute
+
+    def counted(self, *args, **options):
+        if isinstance(self, redis.client.Pipeline):
+            return execute_command(self, *args, **options)  # queued, sent by execute()
+        commands.append(str(args[0]))
+        return execute_command(self, *args, **options)
+
+    def counted_pipeline(self, *args, **kwargs):
+        commands.append("PIPELINE(" + ",".join(str(c[0][0]) for c in self.command_stack) + ")")
+        return pipeline_execute(self, *args, **kwargs)
+
+    redis.Redis.execute_command = counted
+    redis.client.Pipeline.execute = counted_pipeline
+    try:
+        with CaptureQueriesContext(connection) as captured:
+            response = Client().post(
+                f"/f/{FORM_KEY}/submit",
+                {"email": f"q0@{domain}", "first_name": "Bench", "consent": "on", "ts": stamp},
+                HTTP_ACCEPT="application/json",
+                HTTP_ORIGIN=SHOP_ORIGIN,
+                SERVER_NAME="127.0.0.1",
+            )
+    finally:
+        redis.Redis.execute_command = execute_command
+        redis.client.Pipeline.execute = pipeline_execute
     if response.status_code != 200:
         raise SystemExit(f"a test signup answered {response.status_code}: {response.content!r}")
-    return [" ".join(q["sql"].split())[:110] for q in captured.captured_queries]
+    return [" ".join(q["sql"].split())[:100] for q in captured.captured_queries], commands
 
 
 def _queued_tasks(redis_url: str) -> int:
@@ -446,10 +468,11 @@ def main() -> int:
             f"{f' ({args.threads} threads)' if args.worker_class == 'gthread' else ''}, "
             f"wrk -t1 -c{args.connections}, {os.cpu_count()} CPUs, load {_load()}"
         )
-        queries = _queries_per_signup(domain, stamp)
-        print(f"queries per signup: {len(queries)}")
+        queries, commands = _round_trips_per_signup(domain, stamp)
+        print(f"round trips per signup: {len(queries)} SQL, {len(commands)} Redis")
         for sql in queries:
             print(f"    {sql}")
+        print(f"    Redis: {' '.join(commands)}")
         accepted = 1  # the diagnostic signup above
 
         warm = _wrk(args, port, "/bench/trivial", args.warmup, "w", domain, stamp, lua)
@@ -491,7 +514,9 @@ def main() -> int:
                 for k in ("rejected", "connect_errors", "read_errors", "write_errors", "timeouts")
             }
             if any(errors.values()) or result["answered"] != result["wanted"]:
-                failures.append(f"{name}: {errors}, {result['answered']}/{result['wanted']} answered")
+                failures.append(
+                    f"{name}: {errors}, {result['answered']}/{result['wanted']} answered"
+                )
         if paced["errors"] or paced["accepted"] != paced["sent"]:
             failures.append(f"fixed rate: statuses {paced['statuses']}, errors {paced['errors']}")
 

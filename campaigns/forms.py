@@ -9,6 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils import timezone
 
+from audience.models import Contact
 from campaigns.models import Campaign, Segment
 from campaigns.segments import validate_rules
 from campaigns.starters import STARTERS
@@ -131,8 +132,6 @@ class TestSendForm(forms.Form):
         return addresses
 
     def clean_as_contact(self):
-        from audience.models import Contact
-
         email = self.cleaned_data["as_contact"].strip().lower()
         if not email:
             return None
@@ -147,8 +146,12 @@ class ScheduleForm(forms.Form):
         label="Send at",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S"],
-        help_text=f"Server time zone ({timezone.get_default_timezone_name()}).",
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Read when the form is made, not at import: settings are config's business.
+        self.fields["when"].help_text = f"Time zone: {timezone.get_current_timezone_name()}."
 
     def clean_when(self):
         when = self.cleaned_data["when"]

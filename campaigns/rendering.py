@@ -76,6 +76,12 @@ for _name in _SAFE_TAGS:
 
 _engine = Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, builtins=[])
 _engine.template_builtins = [_library]
+# The same sandbox with debug on, only for compiling skeletons: it records where each
+# tag sits in the source, which is how a slot knows its whole text (an {% if %} block
+# with its body) and which contact fields it reads.
+_source_engine = Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, builtins=[], debug=True)
+_source_engine.template_builtins = [_library]
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 CONTACT_FIELDS = ("email", "first_name", "last_name", "full_name", "phone", "attributes")
 # Read-only facts about the sender that starter templates may use.
@@ -325,7 +331,7 @@ class Skeleton:
     subject: list
     html: list
     text: list
-    # slot number → ("node", Node, autoescape) or ("url", purpose)
+    # slot number → ("node", Node, autoescape, fields it reads or None, memo) or ("url", purpose)
     slots: list = field(default_factory=list)
     from_email: str = ""
     reply_to: list = field(default_factory=list)
@@ -334,17 +340,37 @@ class Skeleton:
     def values(self, contact, sender) -> tuple[list[str], dict[str, str]]:
         """Every slot's value for one contact, and the contact's signed links."""
         data = _contact_context(contact, sender)
-        html_ctx = Context(data, autoescape=True)
-        text_ctx = Context(data, autoescape=False)
-        html_ctx.template = text_ctx.template = self.template
+        contexts: dict[bool, Context] = {}
+        attributes_key = None
         unsubscribe, preferences = _links_for_settings().urls(contact)
         urls = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
         out = []
         for slot in self.slots:
             if slot[0] == "url":
                 out.append(urls[slot[1]])
-            else:
-                out.append(slot[1].render_annotated(html_ctx if slot[2] else text_ctx))
+                continue
+            _, node, autoescape, fields, memo = slot
+            key = None
+            if fields is not None:
+                # A slot's value depends only on the fields it reads, and first names
+                # repeat: render each distinct input once per process, not per contact.
+                if "attributes" in fields and attributes_key is None:
+                    attributes_key = json.dumps(data["attributes"], sort_keys=True, default=str)
+                key = tuple(
+                    attributes_key if name == "attributes" else data[name] for name in fields
+                )
+                value = memo.get(key)
+                if value is not None:
+                    out.append(value)
+                    continue
+            context = contexts.get(autoescape)
+            if context is None:
+                context = contexts[autoescape] = Context(data, autoescape=autoescape)
+                context.template = self.template
+            value = node.render_annotated(context)
+            if key is not None and len(memo) < 50_000:
+                memo[key] = value
+            out.append(value)
         return out, urls
 
     @staticmethod
@@ -368,15 +394,23 @@ class _SkeletonBuilder:
         return self.index[key]
 
     def template_part(self, source: str, *, autoescape: bool) -> list:
-        template = _engine.from_string(source)
+        template = _source_engine.from_string(source)
         self.template = template
         part: list = []
-        for node in template.nodelist:
+        nodes = list(template.nodelist)
+        for index, node in enumerate(nodes):
             if isinstance(node, TextNode):
                 part.append(node.s)
-            else:
-                key = (node.token.contents if node.token else id(node), autoescape)
-                part.append(self.slot(key, ("node", node, autoescape)))
+                continue
+            start = node.token.position[0]
+            end = nodes[index + 1].token.position[0] if index + 1 < len(nodes) else len(source)
+            text = source[start:end]
+            names = set(_IDENTIFIER_RE.findall(text)) & set(MERGE_FIELDS)
+            # An address is unique to its contact: remembering values keyed on it only
+            # grows memory.
+            fields = None if "email" in names else tuple(sorted(names))
+            slot = ("node", node, autoescape, fields, {})
+            part.append(self.slot((text, autoescape), slot))
         return part
 
     def layout_part(self, rendered: str, pieces: dict[str, list]) -> list:

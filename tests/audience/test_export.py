@@ -83,6 +83,7 @@ def test_xlsx_export_opens_in_a_spreadsheet_with_neutralised_cells():
 
 def test_export_streams_in_batches(monkeypatch):
     monkeypatch.setattr(exporting, "BATCH", 2)
+    monkeypatch.setattr(exporting, "BLOCK", 1)
     for i in range(5):
         ContactFactory(email=f"p{i}@example.com")
     pieces = list(exporting.stream_csv(Contact.objects.all()))

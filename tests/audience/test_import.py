@@ -476,3 +476,25 @@ def test_import_contacts_command_reports_a_bad_file(tmp_path):
     with pytest.raises(CommandError, match="does not look like a spreadsheet"):
         call_command("import_contacts", str(path))
     assert ImportJob.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_writers_merge_an_address_repeated_across_chunks(monkeypatch):
+    # Outside a transaction PostgreSQL gets two writers; chunks of two rows put the same
+    # address into chunks that are written at the same time.
+    monkeypatch.setattr("audience.importing.jobs.CHUNK", 2)
+    rows = [["Email", "First Name", "Last Name", "Tags"]]
+    for i in range(40):
+        rows.append([f"p{i % 7}@example.com", f"F{i}" if i < 7 else "", f"L{i}", f"t{i % 3}"])
+    job = run(csv_bytes(rows), new_status="none")
+    assert job.status == "done"
+    assert Contact.objects.count() == 7
+    assert ConsentEvent.objects.count() == 7  # one per contact created, none for repeats
+    assert job.counts["new"] == 7
+    assert job.counts["new"] + job.counts["updated"] + job.counts["unchanged"] == 40
+    for i in range(7):
+        c = contact(f"p{i}@example.com")
+        assert c.first_name == f"F{i}"
+        assert tags_of(c.email) == {"t0", "t1", "t2"}
+    again = run(csv_bytes(rows), new_status="none")
+    assert again.counts.get("new", 0) == 0 and again.counts.get("updated", 0) == 0

@@ -144,3 +144,28 @@ def test_fast_links_are_exactly_the_audience_tokens(db, monkeypatch):
         )
     token = contact_links(saved)[0].rstrip("/").rsplit("/", 1)[-1]
     assert read_token("unsubscribe", token) == saved
+
+
+def test_blocks_with_the_same_condition_keep_their_own_bodies_and_values_per_contact():
+    body = "{% if first_name %}A {{ first_name }}{% endif %} / {% if first_name %}B{% endif %}"
+    campaign = Campaign(pk=98, name="c", subject="S", body=body)
+    sender = _sender()
+    first = render_message(
+        campaign=campaign,
+        contact=Contact(pk=1, email="a@example.com", first_name="Ann"),
+        sender=sender,
+    )
+    second = render_message(
+        campaign=campaign,
+        contact=Contact(pk=2, email="b@example.com", first_name="Bo"),
+        sender=sender,
+    )
+    nobody = render_message(
+        campaign=campaign,
+        contact=Contact(pk=3, email="c@example.com", first_name=""),
+        sender=sender,
+    )
+    assert "A Ann / B" in first.text
+    assert "A Bo / B" in second.text
+    assert "A " not in nobody.text.split("--")[0]
+    assert " / " in nobody.text

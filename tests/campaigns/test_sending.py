@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -242,22 +241,20 @@ def test_rate_limit_spreads_sends_across_the_second(celery_worker, esp, sender, 
     assert esp.state.stats()["recipients"] == 26
 
 
-def test_rate_limit_reservations_hold_across_concurrent_workers(sender):
+def test_rate_limit_reservations_hold_across_concurrent_workers(sender, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     ratelimit.reset()
-
-    def slot(_):
-        return time.time() + ratelimit.reserve(1, per_second=20, per_hour=0)
-
-    began = time.time()
+    # One frozen instant: every reservation races for the same slots, so the schedule
+    # shows whether any two were handed the same one.
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 1_900_000_000.0)
     with ThreadPoolExecutor(8) as pool:
-        starts = sorted(pool.map(slot, range(60)))
-    # 21 fit in the one-second burst; after that no two sends are closer than 1/20 s
-    # (less a little scheduling jitter), whichever thread reserved them.
-    assert starts[20] - began < 0.1
-    assert all(b - a >= 0.045 for a, b in itertools.pairwise(starts[21:]))
-    assert starts[-1] - began == pytest.approx((60 - 21) / 20, abs=0.15)
+        waits = sorted(
+            pool.map(lambda _: ratelimit.reserve(1, per_second=20, per_hour=0), range(60))
+        )
+    # 21 fit in the one-second burst; each later one starts 1/20 s after the one before.
+    expected = [0.0] * 21 + [0.05 * k for k in range(1, 40)]
+    assert waits == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.worker
