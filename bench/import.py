@@ -51,6 +51,11 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _setup_django():
     import django
 
@@ -151,9 +156,11 @@ def child_import(path: str, add_tag: str = "") -> None:
     from audience import importing
 
     started = time.perf_counter()
+    cpu_started = _cpu_s()
     with open(path, "rb") as f:
         job = importing.job_create(f=f, name=Path(path).name, size=os.path.getsize(path))
     inspected = time.perf_counter()
+    cpu_inspected = _cpu_s()
     job = importing.job_start(
         job=job,
         options={"new_status": "consent", "tags": add_tag, "source": "mailchimp"},
@@ -164,7 +171,8 @@ def child_import(path: str, add_tag: str = "") -> None:
     job.file.delete(save=False)
     print(json.dumps({"status": job.status, "counts": job.counts, "rows": job.rows_done,
                       "upload_s": inspected - started, "run_s": finished - inspected,
-                      "peak_mb": _peak_mb()}))  # fmt: skip
+                      "python_cpu_s": _cpu_s() - cpu_inspected, "peak_mb": _peak_mb(),
+                      "upload_cpu_s": cpu_inspected - cpu_started}))  # fmt: skip
 
 
 def child_export(fmt: str) -> None:
@@ -234,7 +242,8 @@ def main() -> None:
             c = result["counts"]
             print(
                 f"import {rows:>9,} rows ({size_mb:.0f} MB): {rate:>9,.0f} rows/s "
-                f"({result['run_s']:.1f} s; upload check {result['upload_s']:.1f} s), "
+                f"({result['run_s']:.1f} s, of which Python CPU {result['python_cpu_s']:.1f} s; "
+                f"upload check {result['upload_s']:.1f} s), "
                 f"peak {result['peak_mb']:.0f} MB | COPY floor {copy_rate:>9,.0f} rows/s "
                 f"({copy_s:.1f} s) | import/COPY = 1/{copy_rate / rate:.1f} | "
                 f"new {c.get('new', 0):,}, updated {c.get('updated', 0):,}, "

@@ -176,10 +176,13 @@ class Delivery(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["campaign", "contact"], name="delivery_once")
         ]
-        indexes = [
-            models.Index(fields=["campaign", "chunk"], name="delivery_campaign_chunk"),
-            models.Index(fields=["message_id"], name="delivery_message_id"),
-        ]
+        # Each row is written once after the snapshot (queued → sent, with sent_at and
+        # message_id). No index covers those columns, and on PostgreSQL the table keeps
+        # free space on each page (fillfactor, set in migration 0004), so that write is a
+        # HOT update touching no index: about a third of the cost, measured. Delivery
+        # feedback finds rows by (campaign, contact), from the message's metadata and
+        # the recipient, not by message id.
+        indexes = [models.Index(fields=["campaign", "chunk"], name="delivery_campaign_chunk")]
 
     def __str__(self) -> str:
         return f"{self.campaign_id}→{self.contact_id} ({self.status})"

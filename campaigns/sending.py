@@ -196,7 +196,7 @@ class _Guard:
         return True
 
 
-def _build_message(skeleton: Skeleton, contact, sender) -> EmailMultiAlternatives:
+def _build_message(skeleton: Skeleton, contact, sender, campaign_id) -> EmailMultiAlternatives:
     values, urls = skeleton.values(contact, sender)
     message = EmailMultiAlternatives(
         subject=" ".join(Skeleton.fill(skeleton.subject, values).split()),
@@ -207,6 +207,9 @@ def _build_message(skeleton: Skeleton, contact, sender) -> EmailMultiAlternative
         headers=unsubscribe_headers(urls[UNSUBSCRIBE]),
     )
     message.attach_alternative(Skeleton.fill(skeleton.html, values), "text/html")
+    # Anymail sends this with the message; providers echo it in their webhooks, which
+    # with the recipient finds the Delivery through (campaign, contact).
+    message.metadata = {"campaign": str(campaign_id)}
     return message
 
 
@@ -227,7 +230,7 @@ def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) 
             result.stopped = True
             return rows[index:]
         ratelimit.throttle(1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour)
-        message = _build_message(skeleton, contact, sender)
+        message = _build_message(skeleton, contact, sender, guard.campaign_id)
         try:
             conn.send_messages([message])
         except Exception as exc:
@@ -285,6 +288,7 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
             merge_data=merge_data,
             merge_global_data={},
             merge_headers=merge_headers,
+            metadata={"campaign": str(guard.campaign_id)},
         )
         message.attach_alternative(html, "text/html")
         try:

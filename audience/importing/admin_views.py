@@ -4,6 +4,7 @@ and the contact export page. Registered from audience/admin.py."""
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -122,6 +123,22 @@ class ImportJobAdmin(admin.ModelAdmin):
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
             raise PermissionDenied
+        limit = settings.IMPORT_MAX_BYTES
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if request.method == "POST" and length > limit + 64 * 1024:  # form fields' share
+            # Refuse before Django spools the whole upload to disk.
+            error = (
+                f"The file is larger than the {limit / 1_048_576:.2f} MB accepted "
+                "(IMPORT_MAX_BYTES). Split it, or ask your administrator to raise the limit."
+            )
+            return TemplateResponse(
+                request,
+                "admin/audience/import/upload.html",
+                self._context(request, title="Import contacts", form=UploadForm(), error=error),
+            )
         form = UploadForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]

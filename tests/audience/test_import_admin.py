@@ -173,3 +173,13 @@ def test_import_runs_on_the_celery_worker_and_sends_double_opt_in(
         "ines@example.com",
         "uma@example.com",
     }
+
+
+@pytest.mark.django_db
+def test_upload_over_the_size_limit_is_refused_before_it_is_read(admin_client_, settings):
+    settings.IMPORT_MAX_BYTES = 1024
+    big = b"Email\r\n" + b"".join(f"p{i}@example.com\r\n".encode() for i in range(20_000))
+    response = _upload(admin_client_, "big.csv", big)
+    assert response.status_code == 200
+    assert "IMPORT_MAX_BYTES" in response.content.decode()
+    assert ImportJob.objects.count() == 0
