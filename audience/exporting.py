@@ -240,12 +240,17 @@ _XLSX_STATIC = {
 }
 
 
+def _xml_text(value: str) -> str:
+    if not value.isprintable():  # rare: control characters XML 1.0 cannot carry
+        value = _XML_ILLEGAL.sub("", value)
+    if "&" in value or "<" in value or ">" in value:
+        value = escape(value)
+    return value
+
+
 def _xml_row(number: int, cells: Iterable[str]) -> str:
     inner = "".join(
-        f'<c t="inlineStr"><is><t xml:space="preserve">{escape(_XML_ILLEGAL.sub("", v))}'
-        "</t></is></c>"
-        if v
-        else "<c/>"
+        f'<c t="inlineStr"><is><t xml:space="preserve">{_xml_text(v)}</t></is></c>' if v else "<c/>"
         for v in cells
     )
     return f'<row r="{number}">{inner}</row>'

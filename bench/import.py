@@ -92,7 +92,7 @@ def _reset() -> None:
         cursor.execute("VACUUM ANALYZE audience_contact")
 
 
-def _generate(path: Path, rows: int, seed: int) -> list[str]:
+def _generate(path: Path, rows: int, seed: int, phone_every: int = 4) -> list[str]:
     """Write the Mailchimp CSV; return the addresses that must already exist (20%)."""
     rnd = random.Random(seed)
     existing = []
@@ -104,7 +104,9 @@ def _generate(path: Path, rows: int, seed: int) -> list[str]:
             if i % 5 == 0:
                 existing.append(email)
             # Unique numbers, so no cache anywhere could flatter the figure.
-            phone = f"+1415{2000000 + i % 8000000:07d}" if i % 4 == 0 else ""
+            phone = (
+                f"+1415{2000000 + i % 8000000:07d}" if phone_every and i % phone_every == 0 else ""
+            )
             tags = '"Customers"' if i % 2 else ""
             stamp = f"2023-{1 + i % 12:02d}-{1 + i % 28:02d} 10:{i % 60:02d}:00"
             writer.writerow(
@@ -131,23 +133,53 @@ def _seed_existing(emails: list[str]) -> None:
         cursor.execute("ANALYZE audience_contact")
 
 
-def _copy_floor(path: Path) -> float:
-    from django.db import connection
+def _copy_floor(path: Path) -> tuple[float, float]:
+    """Two floors, both in SQL with no Python per row:
+
+    * bare: COPY of the file into a bare, logged table (no index, no constraint), the
+      raw cost of getting the same rows into PostgreSQL;
+    * schema: the same rows as new contacts in audience_contact (all its indexes) with
+      one consent event each and their foreign keys checked, i.e. the least any import
+      must make PostgreSQL do for this schema. Rolled back afterwards.
+    """
+    from django.db import connection, transaction
 
     cols = ", ".join(f"c{i} text" for i in range(len(HEADER)))
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_copy_floor")
-        # A bare, logged table: no index, no constraint. The raw cost of getting the same
-        # rows into PostgreSQL; every real import does more than this.
         cursor.execute(f"CREATE TABLE bench_copy_floor ({cols})")
         started = time.perf_counter()
         copy_sql = "COPY bench_copy_floor FROM STDIN WITH (FORMAT csv, HEADER true)"
         with cursor.copy(copy_sql) as copy, path.open("rb") as f:
             while block := f.read(1 << 20):
                 copy.write(block)
-        elapsed = time.perf_counter() - started
+        bare = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            with transaction.atomic():
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+                cursor.execute(
+                    "WITH new AS (INSERT INTO audience_contact (email, first_name, last_name, "
+                    "phone, status, attributes, source, created_at, updated_at) "
+                    "SELECT 'floor.' || lower(c0), coalesce(c1, ''), coalesce(c2, ''), "
+                    "coalesce(c4, ''), 'subscribed', '{}', 'import', "
+                    "now(), now() FROM bench_copy_floor RETURNING id) "
+                    "INSERT INTO audience_consentevent (contact_id, created_at, kind, method, "
+                    "status_before, status_after, user_agent, consent_text, actor, detail) "
+                    "SELECT id, now(), 'import', 'import', '', 'subscribed', '', '', '', '{}' "
+                    "FROM new"
+                )
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the FK checks, now
+                schema = time.perf_counter() - started
+                raise _Rollback
+        except _Rollback:
+            pass
         cursor.execute("DROP TABLE bench_copy_floor")
-    return elapsed
+    return bare, schema
+
+
+class _Rollback(Exception):
+    pass
 
 
 def child_import(path: str, add_tag: str = "") -> None:
@@ -173,6 +205,42 @@ def child_import(path: str, add_tag: str = "") -> None:
                       "upload_s": inspected - started, "run_s": finished - inspected,
                       "python_cpu_s": _cpu_s() - cpu_inspected, "peak_mb": _peak_mb(),
                       "upload_cpu_s": cpu_inspected - cpu_started}))  # fmt: skip
+
+
+def child_import_export(path: str, rows: int) -> None:
+    """The same file's first rows through django-import-export's Resource (bulk mode,
+    email as the import id): what the issue suggested first, measured for comparison.
+    It does none of the consent work (no events, no status rules, no tags)."""
+    _setup_django()
+    import tablib
+    from import_export import fields, resources
+
+    from audience.models import Contact
+
+    class ContactResource(resources.ModelResource):
+        email = fields.Field(attribute="email", column_name="Email Address")
+        first_name = fields.Field(attribute="first_name", column_name="First Name")
+        last_name = fields.Field(attribute="last_name", column_name="Last Name")
+
+        class Meta:
+            model = Contact
+            fields = ("email", "first_name", "last_name")
+            import_id_fields = ("email",)
+            use_bulk = True
+            batch_size = 1000
+            skip_diff = True
+
+        def before_import_row(self, row, **kwargs):
+            row["Email Address"] = (row.get("Email Address") or "").strip().lower()
+
+    with open(path, encoding="utf-8") as f:
+        lines = [next(f) for _ in range(rows + 1)]
+    dataset = tablib.Dataset().load("".join(lines), format="csv")
+    started = time.perf_counter()
+    result = ContactResource().import_data(dataset, dry_run=False, raise_errors=True)
+    elapsed = time.perf_counter() - started
+    print(json.dumps({"seconds": elapsed, "rows": rows, "errors": result.has_errors(),
+                      "peak_mb": _peak_mb()}))  # fmt: skip
 
 
 def child_export(fmt: str) -> None:
@@ -205,13 +273,25 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--xlsx", action="store_true", help="also time an XLSX export")
     parser.add_argument("--add-tag", default="", help="a tag the import adds to every row")
+    parser.add_argument(
+        "--phone-every", type=int, default=4, help="a phone number on every Nth row (0: none)"
+    )
     parser.add_argument("--child-import")
     parser.add_argument("--child-export")
+    parser.add_argument("--child-import-export")
+    parser.add_argument(
+        "--import-export-rows",
+        type=int,
+        default=20_000,
+        help="rows to time through django-import-export for comparison (0: skip)",
+    )
     args = parser.parse_args()
     if args.child_import:
         return child_import(args.child_import, args.add_tag)
     if args.child_export:
         return child_export(args.child_export)
+    if args.child_import_export:
+        return child_import_export(args.child_import_export, args.import_export_rows)
 
     url = os.environ.get("DATABASE_URL", "")
     _ensure_database(url)
@@ -229,7 +309,7 @@ def main() -> None:
         for rows in sizes:
             _reset()
             path = Path(tmp) / f"mailchimp-{rows}.csv"
-            existing = _generate(path, rows, seed=rows)
+            existing = _generate(path, rows, seed=rows, phone_every=args.phone_every)
             _seed_existing(existing)
             connection.close()
             size_mb = path.stat().st_size / 1_048_576
@@ -237,7 +317,7 @@ def main() -> None:
             if result["status"] != "done":
                 sys.exit(f"import failed: {result}")
             rate = rows / result["run_s"]
-            copy_s = _copy_floor(path)
+            copy_s, schema_s = _copy_floor(path)
             copy_rate = rows / copy_s
             c = result["counts"]
             print(
@@ -246,9 +326,23 @@ def main() -> None:
                 f"upload check {result['upload_s']:.1f} s), "
                 f"peak {result['peak_mb']:.0f} MB | COPY floor {copy_rate:>9,.0f} rows/s "
                 f"({copy_s:.1f} s) | import/COPY = 1/{copy_rate / rate:.1f} | "
+                f"schema floor {rows / schema_s:>7,.0f} rows/s (import = "
+                f"{100 * rate * schema_s / rows:.0f}% of it) | "
                 f"new {c.get('new', 0):,}, updated {c.get('updated', 0):,}, "
                 f"suppressed {c.get('suppressed', 0):,}, unchanged {c.get('unchanged', 0):,}"
             )
+            if args.import_export_rows and rows == sizes[0]:
+                # Same file, same database state as before our import ran.
+                _reset()
+                _seed_existing(existing)
+                connection.close()
+                n = min(rows, args.import_export_rows)
+                ie = _child("--child-import-export", str(path), "--import-export-rows", str(n))
+                print(
+                    f"django-import-export on the first {n:,} rows (bulk Resource, names "
+                    f"only, no consent events or tags): {n / ie['seconds']:>7,.0f} rows/s "
+                    f"({ie['seconds']:.1f} s)"
+                )
             path.unlink()
         if not args.no_export:
             connection.close()

@@ -6,10 +6,10 @@
 Starts gunicorn (DEBUG off, PostgreSQL, Redis as cache, rate-limit store and Celery
 broker) on a free loopback port, then:
 
-1. the floor: wrk posts the same multipart body to a trivial Django view on the same
+1. the floor: wrk posts the same kind of body to a trivial Django view on the same
    server (bench/signup_urls.py), closed loop, N requests;
-2. signups: wrk posts N distinct signups exactly as the script embed does (multipart
-   FormData, ``Accept: application/json``, the shop's ``Origin``, a signed render stamp),
+2. signups: wrk posts N distinct signups exactly as the script embed does (urlencoded
+   form data, ``Accept: application/json``, the shop's ``Origin``, a signed render stamp),
    closed loop; each one is a new pending contact whose confirmation task goes to Redis;
 3. a fixed rate of 200 signups/s from an asyncio client in a separate process, latency
    measured from each request's scheduled send time (so a stall is not hidden);
@@ -39,11 +39,10 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BOUNDARY = "----StillhereBench7MA4YWxkTrZu0gW"
 SHOP_ORIGIN = "https://shop.bench.example"
 FORM_KEY = "bench-signup"
 CONSENT = "Yes, email me news and offers. I can unsubscribe at any time."
@@ -67,22 +66,16 @@ local prefix = os.getenv("BENCH_PREFIX")
 local domain = os.getenv("BENCH_DOMAIN")
 local stamp = os.getenv("BENCH_STAMP")
 local path = os.getenv("BENCH_PATH")
-local boundary = os.getenv("BENCH_BOUNDARY")
 
 wrk.method = "POST"
 wrk.headers["Accept"] = "application/json"
 wrk.headers["Origin"] = os.getenv("BENCH_ORIGIN")
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded;charset=UTF-8"
 
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
 reserved, issued, answered, accepted, rejected = 0, 0, 0, 0, 0
-
-local function part(name, value)
-  return "--" .. boundary .. "\r\nContent-Disposition: form-data; name=\"" .. name ..
-    "\"\r\n\r\n" .. value .. "\r\n"
-end
 
 function delay()
   if reserved >= n then return 3600000 end
@@ -92,9 +85,8 @@ end
 
 function request()
   issued = issued + 1
-  local body = part("email", prefix .. issued .. "@" .. domain) ..
-    part("first_name", "Bench") .. part("last_name", "Mark") .. part("consent", "on") ..
-    part("website", "") .. part("ts", stamp) .. "--" .. boundary .. "--\r\n"
+  local body = "email=" .. prefix .. issued .. "%40" .. domain ..
+    "&first_name=Bench&last_name=Mark&consent=on&website=&ts=" .. stamp
   return wrk.format(nil, path, nil, body)
 end
 
@@ -124,18 +116,8 @@ end
 # --- the fixed-rate client (runs in its own process) ----------------------------------
 
 
-def _multipart(fields: dict[str, str]) -> bytes:
-    out = []
-    for name, value in fields.items():
-        out.append(
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
-        )
-    out.append(f"--{BOUNDARY}--\r\n")
-    return "".join(out).encode()
-
-
 def _signup_request(host: str, path: str, email: str, stamp: str) -> bytes:
-    body = _multipart(
+    body = urlencode(
         {
             "email": email,
             "first_name": "Bench",
@@ -144,10 +126,11 @@ def _signup_request(host: str, path: str, email: str, stamp: str) -> bytes:
             "website": "",
             "ts": stamp,
         }
-    )
+    ).encode()
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
-        f"Origin: {SHOP_ORIGIN}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Origin: {SHOP_ORIGIN}\r\n"
+        "Content-Type: application/x-www-form-urlencoded;charset=UTF-8\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -311,10 +294,9 @@ def _wrk(args, port: int, path: str, n: int, prefix: str, domain: str, stamp: st
         BENCH_N=str(n),
         BENCH_PREFIX=prefix,
         BENCH_DOMAIN=domain,
-        BENCH_STAMP=stamp,
+        BENCH_STAMP=quote(stamp, safe=""),
         BENCH_PATH=path,
         BENCH_ORIGIN=SHOP_ORIGIN,
-        BENCH_BOUNDARY=BOUNDARY,
     )
     # -t1: one wrk thread keeps the N-request accounting in one Lua state, and is far
     # from being the bottleneck at these rates. -d is only a safety stop.
@@ -360,7 +342,10 @@ def _round_trips_per_signup(domain: str, stamp: str) -> tuple[list[str], list[st
         with CaptureQueriesContext(connection) as captured:
             response = Client().post(
                 f"/f/{FORM_KEY}/submit",
-                {"email": f"q0@{domain}", "first_name": "Bench", "consent": "on", "ts": stamp},
+                urlencode(
+                    {"email": f"q0@{domain}", "first_name": "Bench", "consent": "on", "ts": stamp}
+                ),
+                content_type="application/x-www-form-urlencoded",
                 HTTP_ACCEPT="application/json",
                 HTTP_ORIGIN=SHOP_ORIGIN,
                 SERVER_NAME="127.0.0.1",

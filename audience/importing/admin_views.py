@@ -77,6 +77,26 @@ class ImportJobAdmin(admin.ModelAdmin):
                     "created_by", "created_at"]  # fmt: skip
     list_filter = ["status", "profile"]
     readonly_fields = [f.name for f in ImportJob._meta.fields]
+    actions = ["rerun_selected"]
+
+    @admin.action(description="Run selected imports again", permissions=["add"])
+    def rerun_selected(self, request, queryset):
+        # Safe because an import is idempotent; meant for a failed run, or one whose
+        # worker died (it stays "running" until somebody decides it is dead).
+        count = 0
+        for job in queryset.exclude(status=ImportJob.Status.UPLOADED):
+            importing.job_requeue(job=job)
+            count += 1
+        self.message_user(request, f"Queued {count} imports again.")
+
+    def delete_model(self, request, obj):
+        _delete_files(obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for job in queryset:
+            _delete_files(job)
+        super().delete_queryset(request, queryset)
 
     def has_add_permission(self, request) -> bool:
         return super().has_add_permission(request) and request.user.has_perm("audience.add_contact")
@@ -302,6 +322,12 @@ class ImportJobAdmin(admin.ModelAdmin):
                 changelist=reverse("admin:audience_contact_changelist"),
             ),
         )
+
+
+def _delete_files(job: ImportJob) -> None:
+    for field in (job.file, job.rejected):
+        if field:
+            field.delete(save=False)
 
 
 def _segments():

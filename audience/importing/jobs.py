@@ -213,7 +213,7 @@ def _chunks(
             line += 1
             if isinstance(row, BadRow):
                 consumed += 1
-                on_reject(row.line, row.reason, [])
+                on_reject(line, row.reason, [])
             elif not any(cell.strip() for cell in row):
                 continue
             else:
@@ -424,6 +424,17 @@ def _write_all(chunks: Iterator, *, ctx: ImportContext, tags: TagCache) -> Itera
                 future.cancel()
 
 
+def job_requeue(*, job: ImportJob) -> None:
+    """Run a finished, failed or stuck import again; importing twice changes nothing."""
+    with transaction.atomic():
+        ImportJob.objects.filter(pk=job.pk).exclude(status=ImportJob.Status.UPLOADED).update(
+            status=ImportJob.Status.QUEUED, error=""
+        )
+        from audience.tasks import run_import
+
+        run_import.delay_on_commit(job.pk)
+
+
 def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | None:
     """Run a queued import. Safe to call twice: only one caller claims the job."""
     now = timezone.now()
@@ -440,7 +451,8 @@ def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | Non
         # utf-8-sig: Excel opens it with the right characters.
         rejected = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         writer = csv.writer(rejected)
-        writer.writerow(["line", "reason", *map(neutralise, job.columns)])
+        # "row": the record's number in the file, the header being row 1.
+        writer.writerow(["row", "reason", *map(neutralise, job.columns)])
 
         def on_reject(line, reason, row):
             # Called from the reading thread only; the writer thread reads the count.

@@ -81,7 +81,7 @@ def consent_signal(value: str) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     email: str
     line: int

@@ -38,7 +38,9 @@
     button.disabled = true;
     fetch(form.action, {
       method: "POST",
-      body: new FormData(form),
+      // urlencoded rather than multipart: still a CORS "simple" request (no preflight),
+      // and several times cheaper for the server to parse on every signup.
+      body: new URLSearchParams(new FormData(form)),
       headers: { "Accept": "application/json" },
       mode: "cors",
       credentials: "omit"

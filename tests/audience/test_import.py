@@ -403,7 +403,7 @@ def test_a_bad_row_never_stops_the_good_ones(tmp_path):
     assert job.counts["invalid"] == 3 and job.counts["phone_dropped"] == 1
     with job.rejected.open("rb") as f:
         rejected = list(csv.reader(io.StringIO(f.read().decode("utf-8-sig"))))
-    assert rejected[0] == ["line", "reason", "Email", "First Name", "Phone"]
+    assert rejected[0] == ["row", "reason", "Email", "First Name", "Phone"]
     assert [r[:3] for r in rejected[1:]] == [
         ["3", "invalid email address", "not-an-email"],
         ["4", "no email address", ""],

@@ -183,3 +183,32 @@ def test_upload_over_the_size_limit_is_refused_before_it_is_read(admin_client_, 
     assert response.status_code == 200
     assert "IMPORT_MAX_BYTES" in response.content.decode()
     assert ImportJob.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_finished_import_can_be_run_again_and_changes_nothing(
+    admin_client_, django_capture_on_commit_callbacks
+):
+    _upload(admin_client_, "klaviyo_profiles.csv")
+    job = ImportJob.objects.get()
+    importing.job_start(job=job, options={"new_status": "consent"}, dispatch=False)
+    importing.run_job(job.pk)
+    before = list(Contact.objects.order_by("pk").values())
+    with django_capture_on_commit_callbacks() as callbacks:
+        admin_client_.post(
+            reverse("admin:audience_importjob_changelist"),
+            {"action": "rerun_selected", "_selected_action": [job.pk]},
+        )
+    assert len(callbacks) == 1
+    job.refresh_from_db()
+    assert job.status == "queued"
+    job = importing.run_job(job.pk)
+    assert job.counts.get("new", 0) == 0 and job.counts.get("updated", 0) == 0
+    assert (job.counts["unchanged"], job.counts["suppressed"]) == (2, 1)  # lee unsubscribed
+    assert list(Contact.objects.order_by("pk").values()) == before
+
+    admin_client_.post(
+        reverse("admin:audience_importjob_changelist"),
+        {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"},
+    )
+    assert ImportJob.objects.count() == 0

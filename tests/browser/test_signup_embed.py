@@ -55,12 +55,20 @@ def test_script_embed_signup_confirm_link_and_one_click_unsubscribe(
     embed.locator("input[name=last_name]").fill("Ó Briain-Łukasiewicz")
     embed.locator("input[name=phone]").fill("+44 20 7946 0958")
     embed.locator("input[name=consent]").check()
-    embed.locator("button[type=submit]").click()
+    methods = []
+    page.on("request", lambda r: methods.append(r.method) if "/submit" in r.url else None)
+    with page.expect_request(lambda r: r.url.endswith("/submit")) as submitted:
+        embed.locator("button[type=submit]").click()
+    # A CORS "simple" request: urlencoded, so the browser sends no preflight OPTIONS.
+    sent_headers = submitted.value.all_headers()
+    assert sent_headers["content-type"].startswith("application/x-www-form-urlencoded")
+    assert sent_headers["origin"] == shop.origin
 
     # Success inline, in place of the form, without leaving the shop.
     expect(embed.locator(".sh-success")).to_have_text("Thanks! Check your inbox to confirm.")
     expect(embed.locator("form")).to_be_hidden()
     assert page.url == shop.url("/")
+    assert methods == ["POST"]
 
     contact = Contact.objects.get()
     assert contact.email == "zoe.example@example.com"
