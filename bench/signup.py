@@ -47,6 +47,8 @@ SHOP_ORIGIN = "https://shop.bench.example"
 FORM_KEY = "bench-signup"
 CONSENT = "Yes, email me news and offers. I can unsubscribe at any time."
 
+CPU_SAMPLE = 200  # in-process signups per batch for the CPU diagnostic (3 batches)
+
 # Targets from issue 3, on a 2-core machine.
 TARGET_RATE = 500.0
 TARGET_FLOOR_SHARE = 0.5
@@ -358,6 +360,47 @@ def _round_trips_per_signup(domain: str, stamp: str) -> tuple[list[str], list[st
     return [" ".join(q["sql"].split())[:100] for q in captured.captured_queries], commands
 
 
+def _cpu_per_request(domain: str, stamp: str, n: int) -> tuple[float, float]:
+    """CPU milliseconds one Django process spends per signup and per trivial request, in
+    process (test client, no HTTP), best of three batches. Unlike rates on a shared
+    machine, this hardly moves with the load other processes put on the cores."""
+    from django.test import Client
+
+    client = Client()
+    counter = iter(range(1, 10**9))
+
+    def post(path: str) -> None:
+        body = urlencode(
+            {
+                "email": f"c{next(counter)}@{domain}",
+                "first_name": "Bench",
+                "consent": "on",
+                "ts": stamp,
+            }
+        )
+        response = client.post(
+            path,
+            body,
+            content_type="application/x-www-form-urlencoded",
+            HTTP_ACCEPT="application/json",
+            HTTP_ORIGIN=SHOP_ORIGIN,
+            SERVER_NAME="127.0.0.1",
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"{path} answered {response.status_code}")
+
+    def best(path: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(n):
+                post(path)
+            times.append((time.process_time() - started) / n * 1000)
+        return min(times)
+
+    return best(f"/f/{FORM_KEY}/submit"), best("/bench/trivial")
+
+
 def _queued_tasks(redis_url: str) -> int:
     import redis
 
@@ -386,7 +429,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="fixed-rate phase, per second")
     parser.add_argument("--rate-seconds", type=float, default=15.0)
     parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--wrk-timeout", type=int, default=300, help="safety stop for wrk")
+    parser.add_argument("--wrk-timeout", type=int, default=900, help="safety stop for wrk")
     parser.add_argument("--keep", action="store_true", help="keep this run's contacts")
     args = parser.parse_args()
 
@@ -458,7 +501,12 @@ def main() -> int:
         for sql in queries:
             print(f"    {sql}")
         print(f"    Redis: {' '.join(commands)}")
-        accepted = 1  # the diagnostic signup above
+        cpu_signup, cpu_trivial = _cpu_per_request(domain, stamp, CPU_SAMPLE)
+        print(
+            f"CPU in one Django process: {cpu_signup:.2f} ms per signup, "
+            f"{cpu_trivial:.2f} ms per trivial request"
+        )
+        accepted = 1 + 3 * CPU_SAMPLE  # the diagnostic signups above
 
         warm = _wrk(args, port, "/bench/trivial", args.warmup, "w", domain, stamp, lua)
         warm_signups = _wrk(args, port, submit, args.warmup, "w", domain, stamp, lua)

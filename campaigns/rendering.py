@@ -109,6 +109,19 @@ def check_template(text: str) -> None:
             )
 
 
+def _key(contact, name: str):
+    """A hashable stand-in for one merge field's value, for the render memo."""
+    if name == "attributes":
+        # The database's own JSON text when the sender fetched it that way.
+        raw = getattr(contact, "attributes_json", None)
+        return (
+            raw if raw is not None else json.dumps(contact.attributes, sort_keys=True, default=str)
+        )
+    if name == "full_name":
+        return (contact.first_name, contact.last_name)
+    return getattr(contact, name)
+
+
 def _contact_context(contact, sender) -> dict:
     attributes = contact.attributes if isinstance(contact.attributes, dict) else {}
     return {
@@ -339,9 +352,9 @@ class Skeleton:
 
     def values(self, contact, sender) -> tuple[list[str], dict[str, str]]:
         """Every slot's value for one contact, and the contact's signed links."""
-        data = _contact_context(contact, sender)
+        data = None
         contexts: dict[bool, Context] = {}
-        attributes_key = None
+        keys: dict[str, object] = {}
         unsubscribe, preferences = _links_for_settings().urls(contact)
         urls = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
         out = []
@@ -354,15 +367,16 @@ class Skeleton:
             if fields is not None:
                 # A slot's value depends only on the fields it reads, and first names
                 # repeat: render each distinct input once per process, not per contact.
-                if "attributes" in fields and attributes_key is None:
-                    attributes_key = json.dumps(data["attributes"], sort_keys=True, default=str)
                 key = tuple(
-                    attributes_key if name == "attributes" else data[name] for name in fields
+                    keys[name] if name in keys else keys.setdefault(name, _key(contact, name))
+                    for name in fields
                 )
                 value = memo.get(key)
                 if value is not None:
                     out.append(value)
                     continue
+            if data is None:
+                data = _contact_context(contact, sender)
             context = contexts.get(autoescape)
             if context is None:
                 context = contexts[autoescape] = Context(data, autoescape=autoescape)
@@ -408,6 +422,8 @@ class _SkeletonBuilder:
             names = set(_IDENTIFIER_RE.findall(text)) & set(MERGE_FIELDS)
             # An address is unique to its contact: remembering values keyed on it only
             # grows memory.
+            # Sender fields are fixed for the skeleton's life (they are part of its key).
+            names -= set(SENDER_FIELDS)
             fields = None if "email" in names else tuple(sorted(names))
             slot = ("node", node, autoescape, fields, {})
             part.append(self.slot((text, autoescape), slot))

@@ -20,13 +20,13 @@ is never counted twice even if two tasks raced for a stale chunk.
 
 from __future__ import annotations
 
+import json
 import logging
 import smtplib
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from types import SimpleNamespace
 
 from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 from anymail.message import AnymailMessage
@@ -111,16 +111,29 @@ class ChunkResult:
     stopped: bool = False
 
 
-_COLUMNS = (
-    "pk",
-    "contact_id",
-    "contact__email",
-    "contact__first_name",
-    "contact__last_name",
-    "contact__phone",
-    "contact__attributes",
-    "contact__status",
-)
+class _Recipient:
+    """The contact fields a message needs, straight from one SQL row: no model instance
+    (a million of those cost real seconds) and no JSON parsing unless a merge field
+    actually has to read the attributes."""
+
+    __slots__ = ("attributes_json", "email", "first_name", "id", "last_name", "phone", "pk")
+    __slots__ += ("status", "_attributes")
+
+    def __init__(self, pk, email, first_name, last_name, phone, attributes_json, status):
+        self.pk = self.id = pk
+        self.email = email
+        self.first_name = first_name
+        self.last_name = last_name
+        self.phone = phone
+        self.attributes_json = attributes_json
+        self.status = status
+        self._attributes = None
+
+    @property
+    def attributes(self) -> dict:
+        if self._attributes is None:
+            self._attributes = json.loads(self.attributes_json or "{}")
+        return self._attributes
 
 
 def _claim(campaign_id: int, number: int, token: str) -> DeliveryChunk | None:
@@ -145,25 +158,18 @@ def _release(chunk: DeliveryChunk, token: str, *, done: bool) -> bool:
 
 
 def _queued_rows(campaign_id: int, number: int, requeued: bool) -> list:
-    rows = Delivery.objects.filter(
-        campaign_id=campaign_id, chunk=number, status=Status.QUEUED
-    ).values_list(*_COLUMNS)
-    out = []
-    for pk, contact_id, email, first, last, phone, attrs, status in rows:
-        # A plain object, not a model instance: a million of those cost real seconds.
-        contact = SimpleNamespace(
-            pk=contact_id,
-            id=contact_id,
-            email=email,
-            first_name=first,
-            last_name=last,
-            phone=phone,
-            attributes=attrs,
-            status=status,
+    delivery = Delivery._meta.db_table
+    contact = Contact._meta.db_table
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT d.id, c.id, c.email, c.first_name, c.last_name, c.phone,
+                       CAST(c.attributes AS TEXT), c.status
+                FROM {delivery} d JOIN {contact} c ON c.id = d.contact_id
+                WHERE d.campaign_id = %s AND d.chunk = %s AND d.status = %s
+                ORDER BY d.id""",  # noqa: S608 (table names from the models)
+            [campaign_id, number, Status.QUEUED],
         )
-        out.append((pk, requeued, contact))
-    out.sort(key=lambda row: row[0])
-    return out
+        return [(row[0], requeued, _Recipient(*row[1:])) for row in cursor.fetchall()]
 
 
 class _Guard:
