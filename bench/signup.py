@@ -16,6 +16,10 @@ broker) on a free loopback port, then:
 4. the check: the database holds exactly the accepted (2xx) signups, each with its
    consent event, and the broker holds exactly one confirmation task for each.
 
+Before those, it prints the round trips one signup makes (SQL and Redis) and the CPU one
+Django process spends per signup and per trivial request: on a shared machine those
+explain the rates better than the rates themselves.
+
 It needs the `wrk` command (Debian: apt-get install wrk). The database is created if
 missing and migrated; only this run's contacts are counted and, at the end, deleted;
 the confirmation tasks it queued are purged (no worker runs during the benchmark).
@@ -423,6 +427,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--signups", type=int, default=10000, help="closed-loop signups")
     parser.add_argument("-c", "--connections", type=int, default=16)
+    # 4 sync workers: a signup is CPU-bound Python between short database and Redis round
+    # trips, so one process per request slot, two per core, keeps both cores busy while
+    # one waits; gthread (3 x 4 threads) measured slower here (GIL hand-offs), and more
+    # sync workers only add context switches on 2 cores.
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
     parser.add_argument("--threads", type=int, default=1, help="threads per gthread worker")

@@ -254,7 +254,7 @@ def test_rate_limit_reservations_hold_across_concurrent_workers(sender, monkeypa
         )
     # 21 fit in the one-second burst; each later one starts 1/20 s after the one before.
     expected = [0.0] * 21 + [0.05 * k for k in range(1, 40)]
-    assert waits == pytest.approx(expected, abs=1e-6)
+    assert waits == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.worker
