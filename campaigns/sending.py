@@ -32,6 +32,7 @@ from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
+from django.db import OperationalError, transaction
 from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
@@ -442,15 +443,29 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
                 conn.close()
             except Exception:  # closing a broken connection must not mask the real error
                 logger.debug("closing the mail connection failed", exc_info=True)
-    marked = _mark(campaign_id, result)
-    _count(campaign_id, result, marked, failed_chunk=bool(result.transient))
+    # The mail has gone: a brief database hiccup (SQLite's lock, a failover) must not
+    # lose the record of it, or the sweeper would send the chunk again.
+    marked = _patiently(lambda: _mark(campaign_id, result))
+    _patiently(lambda: _count(campaign_id, result, marked, failed_chunk=bool(result.transient)))
     # Rows not sent stay queued: giving the chunk back is all a retry or resume needs.
-    _release(claimed, token, done=not unsent)
+    _patiently(lambda: _release(claimed, token, done=not unsent))
     if result.transient:
         raise TransientSendError(result.transient)
     if not unsent:
         campaign_finish_if_done(campaign_id=campaign_id)
     return result
+
+
+def _patiently(write, attempts: int = 5):
+    for attempt in range(attempts):
+        try:
+            with transaction.atomic():
+                return write()
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return None
 
 
 def _count(campaign_id: int, result: ChunkResult, marked: _Marked, *, failed_chunk: bool) -> None:

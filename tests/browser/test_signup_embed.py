@@ -44,6 +44,7 @@ def _computed(locator, prop: str) -> str:
     return locator.evaluate("(el, prop) => getComputedStyle(el).getPropertyValue(prop)", prop)
 
 
+@pytest.mark.worker
 def test_script_embed_signup_confirm_link_and_one_click_unsubscribe(
     page, shop, stillhere, signup_form, celery_worker, mailoutbox
 ):

@@ -68,7 +68,7 @@ def _campaign(**kwargs) -> Campaign:
     return Campaign.objects.create(**defaults)
 
 
-def _wait(predicate, timeout=30.0, interval=0.05) -> bool:
+def _wait(predicate, timeout=30.0, interval=0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
