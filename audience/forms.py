@@ -109,6 +109,13 @@ class PublicSignupForm(_FieldsMixin, forms.Form):
         age = stamp_age(self.signup_form, stamp)
         return age is None or age < settings.SIGNUP_MIN_SECONDS
 
+    def stamp_expired(self) -> bool:
+        """A stamp older than SIGNUP_STAMP_MAX_AGE: a page left open for days, or a stamp
+        a bot fetched once and replays. Refused with a message, not dropped silently."""
+        stamp = (self.data.get("ts") or "").strip()
+        age = stamp_age(self.signup_form, stamp) if stamp else None
+        return age is not None and age > settings.SIGNUP_STAMP_MAX_AGE
+
     def errors_json(self) -> dict[str, list[str]]:
         return {field: [str(msg) for msg in messages] for field, messages in self.errors.items()}
 

@@ -82,6 +82,15 @@ def _rate_limited(request: HttpRequest) -> bool:
     return per_ip or per_form
 
 
+def _frameable(response: HttpResponse, signup_form: SignupForm) -> HttpResponse:
+    """Let the form's allowed origins (and nobody else) frame this page: the iframe embed
+    navigates inside its frame to the re-rendered form and to the thank-you page."""
+    response.xframe_options_exempt = True
+    ancestors = " ".join(["'self'", *signup_form.origins])
+    response["Content-Security-Policy"] = f"frame-ancestors {ancestors}"
+    return response
+
+
 def _error(request, signup_form, origin, status, message, form=None):
     if _wants_json(request):
         errors = form.errors_json() if form is not None else {"__all__": [message]}
@@ -89,7 +98,9 @@ def _error(request, signup_form, origin, status, message, form=None):
     if form is None:
         return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
     context = {"signup_form": signup_form, "form": form, "action": snippets.submit_url(signup_form)}
-    return render(request, "audience/hosted_form.html", context, status=status)
+    return _frameable(
+        render(request, "audience/hosted_form.html", context, status=status), signup_form
+    )
 
 
 def _success(request, signup_form, origin):
@@ -129,6 +140,8 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
     if form.is_bot(require_stamp=_wants_json(request)):
         # Answer as if it worked: a bot learns nothing, and stores nothing.
         return _success(request, signup_form, cors_origin)
+    if form.stamp_expired():
+        form.add_error(None, "This form has expired. Please reload the page and try again.")
     if not form.is_valid():
         return _error(request, signup_form, cors_origin, 422, "", form=form)
     data = form.cleaned_data
@@ -166,16 +179,15 @@ def signup_frame(request: HttpRequest, key: str) -> HttpResponse:
         "action": snippets.submit_url(signup_form),
         "framed": True,
     }
-    response = render(request, "audience/hosted_form.html", context)
-    ancestors = " ".join(["'self'", *signup_form.origins])
-    response["Content-Security-Policy"] = f"frame-ancestors {ancestors}"
-    return response
+    return _frameable(render(request, "audience/hosted_form.html", context), signup_form)
 
 
 @require_GET
 def signup_thanks(request: HttpRequest, key: str) -> HttpResponse:
     signup_form = _active_form(key)
-    return render(request, "audience/thanks.html", {"signup_form": signup_form})
+    return _frameable(
+        render(request, "audience/thanks.html", {"signup_form": signup_form}), signup_form
+    )
 
 
 @require_GET

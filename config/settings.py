@@ -317,6 +317,8 @@ SIGNUP_RATE_PER_IP = env_str("SIGNUP_RATE_PER_IP", "10/m")
 SIGNUP_RATE_PER_FORM = env_str("SIGNUP_RATE_PER_FORM", "600/m")
 # A form submitted sooner than this after it was rendered was filled by a bot.
 SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
+# A rendered form's stamp is good for this long; older submits are asked to reload.
+SIGNUP_STAMP_MAX_AGE = env_int("SIGNUP_STAMP_MAX_AGE", 86400, minimum=60)
 SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
 # Behind a proxy, the header that carries the visitor's address (e.g. HTTP_X_REAL_IP),
 # used for rate limits and consent records. Only set it if the proxy overwrites it.

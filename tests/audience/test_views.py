@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from django.urls import reverse
 
@@ -276,3 +278,22 @@ def test_demo_shop_page_embeds_the_demo_form(client, settings):
     assert b"/f/demo/embed.js" in response.content
     settings.STILLHERE_DEMO = False
     assert client.get(reverse("audience:demo-shop")).status_code == 404
+
+
+def test_a_stale_stamp_is_asked_to_reload_and_stores_nothing(client, form, settings, monkeypatch):
+    settings.SIGNUP_STAMP_MAX_AGE = 60
+    stamp = render_stamp(form)
+    an_hour_later = time.time() + 3600
+    monkeypatch.setattr("audience.forms.time.time", lambda: an_hour_later)
+    response = _post(client, form, {"email": "late@example.com", "ts": stamp}, **JSON)
+    assert response.status_code == 422
+    assert "reload the page" in response.json()["errors"]["__all__"][0]
+    assert not Contact.objects.exists()
+
+
+def test_thank_you_and_error_pages_can_be_framed_by_the_shop(client, form):
+    thanks = client.get("/f/shop/thanks/")
+    error = _post(client, form, {"email": "nope"}, HTTP_ORIGIN=SHOP)
+    for response in (thanks, error):
+        assert "X-Frame-Options" not in response
+        assert response["Content-Security-Policy"] == f"frame-ancestors 'self' {SHOP}"
