@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -211,6 +212,8 @@ class ContactAdmin(admin.ModelAdmin):
 
 @admin.register(SignupForm)
 class SignupFormAdmin(admin.ModelAdmin):
+    # A URL typed without a scheme is an https one (Django 6 makes this the default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = ["name", "public_key", "enabled", "double_opt_in", "hosted_link"]
     list_filter = ["enabled"]
     filter_horizontal = ["tags"]

@@ -5,6 +5,7 @@ ConsentEvent in the same transaction (the way Zulip's do_* functions write their
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,7 +14,7 @@ import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -107,7 +108,6 @@ def _record(
 # --- capture --------------------------------------------------------------------
 
 
-@transaction.atomic
 def contact_subscribe(
     *,
     form: SignupForm,
@@ -122,6 +122,90 @@ def contact_subscribe(
     The caller answers the visitor the same way whatever happened here, so nothing
     about the address (new, pending, subscribed) leaks through the public form.
     """
+    fields = {"first_name": first_name, "last_name": last_name, "phone": phone}
+    if connection.vendor == "postgresql":
+        contact = _contact_insert_new(form=form, email=email, evidence=evidence, **fields)
+        if contact is not None:
+            if contact.status == Status.PENDING:
+                _queue_confirmation(contact)
+            return contact
+    return _contact_subscribe_any(form=form, email=email, evidence=evidence, **fields)
+
+
+def _contact_insert_new(
+    *, form: SignupForm, email: str, first_name: str, last_name: str, phone: str,
+    evidence: Evidence,
+) -> Contact | None:  # fmt: skip
+    """The common case, a new address, in one statement and one round trip: lift any
+    erasure suppression, insert the contact, its consent event and the form's tags.
+    Returns None when the address is already a contact (ON CONFLICT did nothing).
+
+    This is the signup hot path (bench/signup.py): the ORM path below costs eight
+    round trips for the same work. One statement is atomic without a transaction.
+    """
+    now = timezone.now()
+    pending = form.double_opt_in
+    status = Status.PENDING if pending else Status.SUBSCRIBED
+    params = {
+        "hash": email_hash(email), "email": email, "first_name": first_name,
+        "last_name": last_name, "phone": phone, "status": status,
+        "source": Contact.Source.FORM, "form": form.pk, "now": now,
+        "confirmed_at": None if pending else now,
+        # A new contact has had no confirmation yet: claim the window at insert time.
+        "confirmation_sent_at": now if pending else None,
+        "kind": ConsentEvent.Kind.SIGNUP, "method": evidence.method, "ip": evidence.ip,
+        "user_agent": (evidence.user_agent or "")[:500], "actor": evidence.actor,
+        "consent_text": form.consent_text,
+        "detail": json.dumps({"double_opt_in": form.double_opt_in}),
+        "tags": [tag.pk for tag in form.tags.all()],
+    }  # fmt: skip
+    sql = f"""
+        WITH lifted AS (
+            DELETE FROM {SuppressedEmail._meta.db_table} WHERE email_hash = %(hash)s
+        ), created AS (
+            INSERT INTO {Contact._meta.db_table} (email, first_name, last_name, phone, status,
+                attributes, source, signup_form_id, created_at, updated_at, confirmed_at,
+                unsubscribed_at, confirmation_sent_at)
+            VALUES (%(email)s, %(first_name)s, %(last_name)s, %(phone)s, %(status)s, '{{}}',
+                %(source)s, %(form)s, %(now)s, %(now)s, %(confirmed_at)s, NULL,
+                %(confirmation_sent_at)s)
+            ON CONFLICT (email) DO NOTHING
+            RETURNING id
+        ), evidence AS (
+            INSERT INTO {ConsentEvent._meta.db_table} (contact_id, created_at, kind, method,
+                status_before, status_after, ip, user_agent, signup_form_id, consent_text,
+                actor, detail)
+            SELECT id, %(now)s, %(kind)s, %(method)s, '', %(status)s, %(ip)s::inet,
+                %(user_agent)s, %(form)s, %(consent_text)s, %(actor)s, %(detail)s::jsonb
+            FROM created
+        ), tagged AS (
+            INSERT INTO {Contact.tags.through._meta.db_table} (contact_id, tag_id)
+            SELECT created.id, tag_id FROM created, unnest(%(tags)s::bigint[]) AS tag_id
+        )
+        SELECT id FROM created
+    """  # noqa: S608 (table names from model metadata; every value is a parameter)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    contact = Contact(
+        id=row[0], email=email, first_name=first_name, last_name=last_name, phone=phone,
+        status=status, source=Contact.Source.FORM, signup_form=form, created_at=now,
+        updated_at=now, confirmed_at=params["confirmed_at"],
+        confirmation_sent_at=params["confirmation_sent_at"],
+    )  # fmt: skip
+    contact._state.adding = False
+    contact._state.db = "default"
+    return contact
+
+
+@transaction.atomic
+def _contact_subscribe_any(
+    *, form: SignupForm, email: str, first_name: str, last_name: str, phone: str,
+    evidence: Evidence,
+) -> Contact:  # fmt: skip
+    """Any address, new or known, through the ORM (SQLite, and known addresses)."""
     # Signing up anew is the owner's own act: it lifts an erasure's suppression.
     SuppressedEmail.objects.filter(email_hash=email_hash(email)).delete()
     now = timezone.now()

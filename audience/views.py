@@ -10,15 +10,14 @@ import ipaddress
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
-from django_ratelimit.core import is_ratelimited
 
-from audience import services, snippets
+from audience import selectors, services, snippets, throttle
 from audience.forms import PreferencesForm, PublicSignupForm
 from audience.models import SignupForm
 from audience.tokens import contact_url, read_token
@@ -46,7 +45,10 @@ def _site_origin() -> str:
 
 
 def _active_form(key: str) -> SignupForm:
-    return get_object_or_404(SignupForm, public_key=key, enabled=True)
+    signup_form = selectors.signup_form_active(key)
+    if signup_form is None:
+        raise Http404("No such form")
+    return signup_form
 
 
 def _cors(response: HttpResponse, origin: str | None) -> HttpResponse:
@@ -63,23 +65,13 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _rate_key_form(group: str, request: HttpRequest) -> str:
-    return request.resolver_match.kwargs["key"]
-
-
-def _rate_limited(request: HttpRequest) -> bool:
-    # Both buckets always count, so a flood from many IPs still hits the per-form cap.
-    per_ip = is_ratelimited(
-        request, group="signup-ip", key="ip", rate=settings.SIGNUP_RATE_PER_IP, increment=True
+def _rate_limited(request: HttpRequest, key: str) -> bool:
+    return throttle.over_limit(
+        [
+            (f"signup-ip:{_client_ip(request) or 'unknown'}", settings.SIGNUP_RATE_PER_IP),
+            (f"signup-form:{key}", settings.SIGNUP_RATE_PER_FORM),
+        ]
     )
-    per_form = is_ratelimited(
-        request,
-        group="signup-form",
-        key=_rate_key_form,
-        rate=settings.SIGNUP_RATE_PER_FORM,
-        increment=True,
-    )
-    return per_ip or per_form
 
 
 def _frameable(response: HttpResponse, signup_form: SignupForm) -> HttpResponse:
@@ -131,7 +123,7 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
         length = settings.SIGNUP_MAX_BYTES + 1
     if length > settings.SIGNUP_MAX_BYTES:
         return _error(request, signup_form, cors_origin, 413, "The submission is too large.")
-    if _rate_limited(request):
+    if _rate_limited(request, key):
         return _error(
             request, signup_form, cors_origin, 429, "Too many signups right now; try again soon."
         )

@@ -342,7 +342,8 @@ def main() -> None:
                 f"schema floor {rows / schema_s:>7,.0f} rows/s (import = "
                 f"{100 * rate * schema_s / rows:.0f}% of it) | "
                 f"new {c.get('new', 0):,}, updated {c.get('updated', 0):,}, "
-                f"suppressed {c.get('suppressed', 0):,}, unchanged {c.get('unchanged', 0):,}"
+                f"suppressed {c.get('suppressed', 0):,}, unchanged {c.get('unchanged', 0):,} | "
+                f"load average now {os.getloadavg()[0]:.2f}"
             )
             if args.import_export_rows and rows == sizes[0]:
                 # Same file, same database state as before our import ran.

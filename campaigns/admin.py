@@ -4,6 +4,7 @@ import json
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -65,6 +66,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
 @admin.register(SenderSettings)
 class SenderSettingsAdmin(admin.ModelAdmin):
+    # A URL typed without a scheme is an https one (Django 6 makes this the default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     """One row: the list page goes straight to it."""
 
     fieldsets = [

@@ -8,6 +8,7 @@ with a stack trace.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -156,3 +157,16 @@ def parse_redis_url(name: str, raw: str) -> str:
             f"{name} must look like redis://host:6379/0 (or rediss:// for TLS), got {raw!r}"
         )
     return raw
+
+
+_RATE = re.compile(r"^\d+/\d*[smhd]$")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A rate such as 10/m, 600/h or 100/5m."""
+    value = env_str(name, default).replace(" ", "")
+    if not _RATE.match(value):
+        raise ImproperlyConfigured(
+            f"{name} must be a rate like 10/m, 600/h or 100/5m; got {value!r}"
+        )
+    return value

@@ -19,6 +19,7 @@ from config.env import (
     env_float,
     env_int,
     env_list,
+    env_rate,
     env_str,
     parse_database_url,
     parse_redis_url,
@@ -151,9 +152,6 @@ else:
         # Fanout and control exchanges (broadcast, remote control) live here, not in the cwd.
         "control_folder": str(_broker_dir / "control"),
     }
-    # django-ratelimit warns that a local-memory cache is not shared between processes;
-    # on the quickstart there is exactly one web process.
-    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # --- Celery ----------------------------------------------------------------
 CELERY_TASK_ACKS_LATE = True
@@ -282,9 +280,6 @@ STORAGES = {
 }
 MEDIA_ROOT = VAR_DIR / "media"
 
-# Django 6 behaviour now: a URL typed without a scheme is taken as https.
-FORMS_URLFIELD_ASSUME_HTTPS = True
-
 CRISPY_ALLOWED_TEMPLATE_PACKS = "bootstrap5"
 CRISPY_TEMPLATE_PACK = "bootstrap5"
 
@@ -312,9 +307,9 @@ STILLHERE_DEMO = env_bool("STILLHERE_DEMO", DEBUG)
 PHONE_DEFAULT_REGION = env_str("PHONE_DEFAULT_REGION", "US").upper()
 CONFIRMATION_RESEND_SECONDS = env_int("CONFIRMATION_RESEND_SECONDS", 600, minimum=0)
 CONFIRMATION_MAX_AGE_DAYS = env_int("CONFIRMATION_MAX_AGE_DAYS", 7, minimum=1)
-# django-ratelimit rates ("N/s", "N/m", "N/h"), counted in the cache (Redis in production).
-SIGNUP_RATE_PER_IP = env_str("SIGNUP_RATE_PER_IP", "10/m")
-SIGNUP_RATE_PER_FORM = env_str("SIGNUP_RATE_PER_FORM", "600/m")
+# Rates ("N/s", "N/m", "N/h", "N/5m"), counted in the cache (Redis in production).
+SIGNUP_RATE_PER_IP = env_rate("SIGNUP_RATE_PER_IP", "10/m")
+SIGNUP_RATE_PER_FORM = env_rate("SIGNUP_RATE_PER_FORM", "600/m")
 # A form submitted sooner than this after it was rendered was filled by a bot.
 SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
 # A rendered form's stamp is good for this long; older submits are asked to reload.
@@ -323,8 +318,6 @@ SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
 # Behind a proxy, the header that carries the visitor's address (e.g. HTTP_X_REAL_IP),
 # used for rate limits and consent records. Only set it if the proxy overwrites it.
 CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "REMOTE_ADDR")
-RATELIMIT_IP_META_KEY = CLIENT_IP_HEADER
-RATELIMIT_USE_CACHE = "default"
 
 # Largest file the contact import accepts (admin upload and manage.py import_contacts).
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 256 * 1024 * 1024, minimum=1024)

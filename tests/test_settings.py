@@ -97,3 +97,13 @@ def test_site_url_must_be_absolute():
     with pytest.raises(ImproperlyConfigured, match="SITE_URL must be an absolute"):
         parse_site_url("SITE_URL", "news.example.com")
     assert parse_site_url("SITE_URL", "https://news.example.com/") == "https://news.example.com"
+
+
+def test_bad_rate_is_refused(monkeypatch):
+    from config.env import env_rate
+
+    monkeypatch.setenv("SIGNUP_RATE_PER_IP", "ten per minute")
+    with pytest.raises(ImproperlyConfigured, match="SIGNUP_RATE_PER_IP must be a rate"):
+        env_rate("SIGNUP_RATE_PER_IP", "10/m")
+    monkeypatch.setenv("SIGNUP_RATE_PER_IP", "100/5m")
+    assert env_rate("SIGNUP_RATE_PER_IP", "10/m") == "100/5m"

@@ -8,6 +8,7 @@ opt-out columns, and whether it carries evidence of consent.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +53,18 @@ def email_of(raw: str) -> str:
 
 
 def split_tags(value: str, style: str) -> list[str]:
+    if len(value) <= 200:
+        # A file's tag cells repeat ("Customers", "VIP, Newsletter"): split each once.
+        return list(_split_tags_cached(value, style))
+    return _split_tags(value, style)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_tags_cached(value: str, style: str) -> tuple[str, ...]:
+    return tuple(_split_tags(value, style))
+
+
+def _split_tags(value: str, style: str) -> list[str]:
     value = value.strip()
     if not value:
         return []
