@@ -20,11 +20,10 @@ The consent rules live in ``_plan``, and they are the point of the module:
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import functools
-import io
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -352,14 +351,24 @@ class _Json:
         return json.dumps(_source_attributes(record, ctx))
 
 
-def _copy_csv(cursor, target: str, not_null: str, rows: list[tuple]) -> None:
-    """COPY rows in CSV, written by the csv module's C writer: several times faster than
-    a per-row write_row. None becomes NULL; the not_null columns keep empty strings."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    options = f"FORMAT csv, FORCE_NOT_NULL ({not_null})" if not_null else "FORMAT csv"
-    with cursor.copy(f"COPY {target} FROM STDIN WITH ({options})") as copy:
-        copy.write(buffer.getvalue())
+# COPY's text format: tab-separated, \N for NULL, and only these four characters need a
+# backslash escape. The lines are built with one f-string per row, several times cheaper
+# than the csv module, which took ~7 µs a row here quoting the JSON cells.
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_escape(value: str) -> str:
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def _copy_stamp(value: dt.datetime | None) -> str:
+    return "\\N" if value is None else str(value)
+
+
+def _copy_text(cursor, target: str, lines: list[str]) -> None:
+    with cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        copy.write("".join(lines))
 
 
 def _source_attributes(record: Record, ctx: ImportContext) -> dict:
@@ -443,7 +452,6 @@ _NEW_COLUMNS = (
 )  # fmt: skip
 
 
-_TEXT_COLUMNS = "email, first_name, last_name, phone, status, source"
 _STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS stillhere_import_stage (id bigint, email text, "
     "first_name text, last_name text, phone text, status text, attributes jsonb, source text, "
@@ -465,25 +473,32 @@ def _pg_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datetime) -
             [table, len(new)],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        js, stamp, source = _Json(ctx), str(now), Contact.Source.IMPORT.value
-        rows = [
-            (pk, r.email, r.first_name, r.last_name, r.phone, str(item.status),
-             js.attributes(r, ctx), source, stamp, stamp, item.confirmed_at,
-             item.unsubscribed_at)
-            for pk, item in zip(ids, new, strict=True)
-            for r in (item.record,)
-        ]  # fmt: skip
+        js, source = _Json(ctx), Contact.Source.IMPORT.value
+        tail = f"\t{source}\t{now}\t{now}\t"
+        lines = []
+        for pk, item in zip(ids, new, strict=True):
+            r = item.record
+            email, first, last, phone = r.email, r.first_name, r.last_name, r.phone
+            if _COPY_SPECIAL.search(f"{email}{first}{last}{phone}"):
+                email, first, last, phone = map(_copy_escape, (email, first, last, phone))
+            attributes = js.attributes(r, ctx)  # JSON: no raw control characters
+            if "\\" in attributes:
+                attributes = attributes.replace("\\", "\\\\")
+            lines.append(
+                f"{pk}\t{email}\t{first}\t{last}\t{phone}\t{item.status!s}\t{attributes}"
+                f"{tail}{_copy_stamp(item.confirmed_at)}\t{_copy_stamp(item.unsubscribed_at)}\n"
+            )
         try:
             with transaction.atomic():
-                _copy_csv(cursor, f"{table} ({cols})", _TEXT_COLUMNS, rows)
-            return {row[1]: row[0] for row in rows}
+                _copy_text(cursor, f"{table} ({cols})", lines)
+            return {item.record.email: pk for pk, item in zip(ids, new, strict=True)}
         except (IntegrityError, psycopg_errors.UniqueViolation):
             pass
         # Someone created one of these addresses after our SELECT (a signup racing the
         # import): stage the rows and let ON CONFLICT DO NOTHING leave theirs alone.
         cursor.execute(_STAGE)
         cursor.execute("TRUNCATE stillhere_import_stage")
-        _copy_csv(cursor, f"stillhere_import_stage ({cols})", _TEXT_COLUMNS, rows)
+        _copy_text(cursor, f"stillhere_import_stage ({cols})", lines)
         cursor.execute(
             f"INSERT INTO {table} ({cols}) "  # noqa: S608 (our own table name)
             f"SELECT {cols} FROM stillhere_import_stage "
@@ -579,7 +594,9 @@ def _link_tags(links: list[tuple[int, int]], *, fresh: bool) -> None:
         table = through._meta.db_table
         with connection.cursor() as cursor:
             if fresh:
-                _copy_csv(cursor, f"{table} (contact_id, tag_id)", "", links)
+                _copy_text(
+                    cursor, f"{table} (contact_id, tag_id)", [f"{c}\t{t}\n" for c, t in links]
+                )
                 return
             cursor.execute(
                 f"INSERT INTO {table} (contact_id, tag_id) "  # noqa: S608 (our own table)
@@ -604,19 +621,20 @@ def _events(events: list[tuple], *, ctx: ImportContext, now: dt.datetime) -> Non
             "contact_id, created_at, kind, method, status_before, status_after, user_agent, "
             "consent_text, actor, detail"
         )
-        js, stamp, kind = _Json(ctx), str(now), ConsentEvent.Kind.IMPORT.value
-        rows = [
-            (contact_id, stamp, kind, "import", before, after, "", "", ctx.actor,
-             js.detail(record))
-            for contact_id, before, after, record in events
-        ]  # fmt: skip
-        with connection.cursor() as cursor:
-            _copy_csv(
-                cursor,
-                f"{table} ({cols})",
-                "kind, method, status_before, status_after, user_agent, consent_text, actor",
-                rows,
+        js, kind = _Json(ctx), ConsentEvent.Kind.IMPORT.value
+        head = f"\t{now}\t{kind}\timport\t"
+        actor = _copy_escape(ctx.actor)
+        lines = []
+        for contact_id, before, after, record in events:
+            detail = js.detail(record)  # JSON: no raw control characters
+            if "\\" in detail:
+                detail = detail.replace("\\", "\\\\")
+            lines.append(
+                f"{contact_id}{head}{_copy_escape(before)}\t{_copy_escape(after)}\t\t\t"
+                f"{actor}\t{detail}\n"
             )
+        with connection.cursor() as cursor:
+            _copy_text(cursor, f"{table} ({cols})", lines)
         return
     ConsentEvent.objects.bulk_create(
         [
