@@ -13,7 +13,6 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -89,7 +88,7 @@ def _error(request, signup_form, origin, status, message, form=None):
         return _cors(JsonResponse({"ok": False, "errors": errors}, status=status), origin)
     if form is None:
         return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
-    context = {"signup_form": signup_form, "form": form, "action": snippets.submit_url(signup_form)}
+    context = _form_context(signup_form, form)
     return _frameable(
         render(request, "audience/hosted_form.html", context, status=status), signup_form
     )
@@ -149,28 +148,29 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
     return _success(request, signup_form, cors_origin)
 
 
+def _form_context(signup_form: SignupForm, form: PublicSignupForm | None = None, **extra):
+    """What every rendering of a signup form needs: a fresh form (or the bound one with
+    its errors) and where it posts."""
+    return {
+        "signup_form": signup_form,
+        "form": form or PublicSignupForm(signup_form=signup_form),
+        "action": snippets.submit_url(signup_form),
+        **extra,
+    }
+
+
 @require_GET
 def signup_page(request: HttpRequest, key: str) -> HttpResponse:
     """The hosted signup page: a URL to put in a social bio."""
-    signup_form = _active_form(key)
-    context = {
-        "signup_form": signup_form,
-        "form": PublicSignupForm(signup_form=signup_form),
-        "action": snippets.submit_url(signup_form),
-    }
+    context = _form_context(_active_form(key))
     return render(request, "audience/hosted_form.html", context)
 
 
-@xframe_options_exempt  # the one view meant to be framed; frame-ancestors limits by whom
 @require_GET
 def signup_frame(request: HttpRequest, key: str) -> HttpResponse:
+    """The iframe embed; frame-ancestors limits who may frame it."""
     signup_form = _active_form(key)
-    context = {
-        "signup_form": signup_form,
-        "form": PublicSignupForm(signup_form=signup_form),
-        "action": snippets.submit_url(signup_form),
-        "framed": True,
-    }
+    context = _form_context(signup_form, framed=True)
     return _frameable(render(request, "audience/hosted_form.html", context), signup_form)
 
 
@@ -185,12 +185,7 @@ def signup_thanks(request: HttpRequest, key: str) -> HttpResponse:
 @require_GET
 def signup_script(request: HttpRequest, key: str) -> HttpResponse:
     """The <script> embed: renders the form into a Shadow DOM where the tag stands."""
-    signup_form = _active_form(key)
-    context = {
-        "signup_form": signup_form,
-        "form": PublicSignupForm(signup_form=signup_form),
-        "action": snippets.submit_url(signup_form),
-    }
+    context = _form_context(_active_form(key))
     response = render(
         request, "audience/embed.js", context, content_type="text/javascript; charset=utf-8"
     )
