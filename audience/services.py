@@ -322,6 +322,28 @@ def contact_unsubscribe(
 
 
 @transaction.atomic
+def contact_suppress(
+    *, contact: Contact, status: str, evidence: Evidence, detail: dict | None = None
+) -> Contact:
+    """The provider says the address bounced or its owner complained: never mail it again.
+
+    A complaint outranks everything; a bounce does not overwrite an unsubscribe or a
+    complaint, which carry more about the person's wishes.
+    """
+    if status not in (Status.BOUNCED, Status.COMPLAINED):
+        raise ValueError(f"contact_suppress takes bounced or complained, not {status!r}")
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    if contact.status == status or (status == Status.BOUNCED and contact.status in SUPPRESSED):
+        return contact
+    before = contact.status
+    contact.status = status
+    contact.save(update_fields=["status", "updated_at"])
+    kind = ConsentEvent.Kind.BOUNCE if status == Status.BOUNCED else ConsentEvent.Kind.COMPLAINT
+    _record(contact, kind=kind, before=before, evidence=evidence, detail=detail)
+    return contact
+
+
+@transaction.atomic
 def contact_update_preferences(
     *, contact: Contact, first_name: str, last_name: str, phone: str, evidence: Evidence
 ) -> Contact:

@@ -249,6 +249,13 @@ def _anymail_settings(provider: str) -> dict:
 
 
 ANYMAIL = _anymail_settings(EMAIL_PROVIDER) if EMAIL_BACKEND.startswith("anymail") else {}
+# Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/:
+# basic-auth credentials "user:password" you put in the webhook URL at the provider,
+# and Mailgun's own signing key, which it checks instead.
+if env_str("ANYMAIL_WEBHOOK_SECRET"):
+    ANYMAIL["WEBHOOK_SECRET"] = env_str("ANYMAIL_WEBHOOK_SECRET")
+if env_str("MAILGUN_WEBHOOK_SIGNING_KEY"):
+    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env_str("MAILGUN_WEBHOOK_SIGNING_KEY")
 if EMAIL_PROVIDER == "mailjet" and not ANYMAIL.get("MAILJET_SECRET_KEY"):
     raise ImproperlyConfigured("EMAIL_PROVIDER=mailjet needs EMAIL_API_SECRET as well")
 

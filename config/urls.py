@@ -10,5 +10,7 @@ admin.site.index_title = "Your audience, your list"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    # Provider tracking webhooks; campaigns.feedback handles what they report.
+    path("anymail/", include("anymail.urls")),
     path("", include("audience.urls")),
 ]
