@@ -29,9 +29,23 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), int(multiple or 1) * _UNIT[unit]
 
 
+_clients: dict[int, object] = {}
+
+
 def _redis_client():
+    """The Redis client behind the cache, built once per process and pool.
+
+    Django's RedisCache builds a new redis-py client on every call, and redis-py fills
+    a dict of a few hundred response callbacks for each: half a millisecond a signup.
+    """
     backend = getattr(cache, "_cache", None)
-    return backend.get_client(write=True) if hasattr(backend, "get_client") else None
+    if not hasattr(backend, "get_client"):
+        return None
+    pool = backend._get_connection_pool(write=True)
+    client = _clients.get(id(pool))
+    if client is None:
+        client = _clients[id(pool)] = backend.get_client(write=True)
+    return client
 
 
 def over_limit(buckets: list[tuple[str, str]]) -> bool:

@@ -196,7 +196,13 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
         cursor.execute("TRUNCATE campaigns_delivery, campaigns_deliverychunk")
     app.control.purge()
     workers = _start_workers(k, env)
-    time.sleep(4)  # let them connect and import everything before the clock starts
+    # Let them connect and import everything before the clock starts (and before their
+    # CPU counter is read: start-up is not per-message work). A fixed sleep was too
+    # short on a loaded machine; wait until every worker answers a ping.
+    deadline = time.time() + 60
+    while len(app.control.ping(timeout=1.0) or []) < k and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
     cpu_before = sum(_cpu_seconds(p.pid) for p in workers)
     campaign = _campaign(mode, tag)
     t0 = time.time()

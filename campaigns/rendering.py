@@ -374,6 +374,7 @@ class Skeleton:
     from_email: str = ""
     reply_to: list = field(default_factory=list)
     template: object = None  # any Template of the sandbox engine, for node contexts
+    _plan: tuple | None = field(default=None, repr=False, compare=False)
 
     def values(self, contact, sender) -> tuple[list[str], dict[str, str]]:
         """Every slot's value for one contact, and the contact's signed links."""
@@ -383,32 +384,33 @@ class Skeleton:
     def slot_values(self, contact, sender) -> tuple[list[str], str, str]:
         """Every slot's value for one contact, its unsubscribe URL and its preferences
         URL: values() without building a dict per recipient (the batch sender's loop)."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._make_plan()
+        field_sets, steps = plan
         data = None
         contexts: dict[bool, Context] = {}
-        keys: dict[str, object] = {}
         unsubscribe, preferences = _links_for_settings().urls(contact)
+        # A slot's value depends only on the fields it reads, and first names repeat:
+        # each distinct input is rendered once per process, not per contact. The memo
+        # key for each distinct set of fields is worked out once per contact.
+        keys = [
+            (_key(contact, names[0]),)
+            if len(names) == 1
+            else tuple([_key(contact, name) for name in names])
+            for names in field_sets
+        ]
         out = []
         append = out.append
-        for slot in self.slots:
-            if slot[0] == "url":
-                append(unsubscribe if slot[1] == UNSUBSCRIBE else preferences)
+        for kind, index, node, autoescape, memo in steps:
+            if kind == 0:
+                append(unsubscribe)
                 continue
-            _, node, autoescape, fields, memo = slot
-            key = None
-            if fields is not None:
-                # A slot's value depends only on the fields it reads, and first names
-                # repeat: render each distinct input once per process, not per contact.
-                if len(fields) == 1:
-                    name = fields[0]
-                    key = keys.get(name, keys)
-                    if key is keys:
-                        key = keys[name] = _key(contact, name)
-                    key = (key,)
-                else:
-                    key = tuple(
-                        keys[name] if name in keys else keys.setdefault(name, _key(contact, name))
-                        for name in fields
-                    )
+            if kind == 1:
+                append(preferences)
+                continue
+            key = keys[index] if index is not None else None
+            if key is not None:
                 value = memo.get(key)
                 if value is not None:
                     append(value)
@@ -424,6 +426,24 @@ class Skeleton:
                 memo[key] = value
             append(value)
         return out, unsubscribe, preferences
+
+    def _make_plan(self) -> tuple[list, list]:
+        """Each slot as (kind, field-set index, node, autoescape, memo): kind 0 is the
+        unsubscribe URL, 1 the preferences URL, 2 a merge field."""
+        field_sets: list[tuple] = []
+        steps = []
+        for slot in self.slots:
+            if slot[0] == "url":
+                steps.append((0 if slot[1] == UNSUBSCRIBE else 1, None, None, None, None))
+                continue
+            _, node, autoescape, fields, memo = slot
+            index = None
+            if fields is not None:
+                if fields not in field_sets:
+                    field_sets.append(fields)
+                index = field_sets.index(fields)
+            steps.append((2, index, node, autoescape, memo))
+        return field_sets, steps
 
     @staticmethod
     def fill(part: list, values: list[str]) -> str:

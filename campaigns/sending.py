@@ -139,11 +139,36 @@ class _Recipient:
 
 def _claim(campaign_id: int, number: int, token: str) -> DeliveryChunk | None:
     """Claim the chunk with a conditional UPDATE; None if another task has it or it is done."""
+    now = timezone.now()
+    if db_connection.vendor == "postgresql":
+        # The same conditional UPDATE, with RETURNING: one round trip, not two.
+        table = DeliveryChunk._meta.db_table
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                f"""UPDATE {table} SET status = %s, claim_token = %s, claimed_at = %s,
+                        attempts = attempts + 1
+                    WHERE campaign_id = %s AND number = %s AND status = %s
+                    RETURNING id, requeued""",  # noqa: S608 (table name from the model)
+                [ChunkStatus.CLAIMED, token, now, campaign_id, number, ChunkStatus.QUEUED],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        # Only its id and `requeued` are read from here on.
+        return DeliveryChunk(
+            pk=row[0],
+            campaign_id=campaign_id,
+            number=number,
+            status=ChunkStatus.CLAIMED,
+            claim_token=token,
+            claimed_at=now,
+            requeued=row[1],
+        )
     chunks = DeliveryChunk.objects.filter(campaign_id=campaign_id, number=number)
     claimed = chunks.filter(status=ChunkStatus.QUEUED).update(
         status=ChunkStatus.CLAIMED,
         claim_token=token,
-        claimed_at=timezone.now(),
+        claimed_at=now,
         attempts=F("attempts") + 1,
     )
     return chunks.first() if claimed else None
