@@ -259,18 +259,9 @@ def plan_chunk(
             plan.outcome[record.email] = "new"
             plan.counts["new"] += 1
             continue
-        tag_ids = option_tag_ids
-        if record.tags:
-            tag_ids = list(dict.fromkeys(option_tag_ids + tags.ids(record.tags)))
-        change = _change(record, row, tag_ids=tag_ids, links=links, now=now)
-        if change is not None:
-            plan.changes.append(change)
-        if row["status"] in SUPPRESSED:
-            outcome = "suppressed"
-        else:
-            outcome = "updated" if change is not None else "unchanged"
-        plan.outcome[record.email] = outcome
-        plan.counts[outcome] += 1
+        _plan_known(
+            plan, record, row, option_tag_ids=option_tag_ids, tags=tags, links=links, now=now
+        )
     return plan
 
 
@@ -287,6 +278,22 @@ def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> New
     # mail: asking someone who said no is the mail they said no to.
     send = ctx.new_status == "pending" and record.signal != "no"
     return NewContact(record, Status.PENDING, None, None, send)
+
+
+def _plan_known(plan, record, row, *, option_tag_ids, tags, links, now) -> None:
+    """Plan the change (if any) for a row whose address is already a contact."""
+    tag_ids = option_tag_ids
+    if record.tags:
+        tag_ids = list(dict.fromkeys(option_tag_ids + tags.ids(record.tags)))
+    change = _change(record, row, tag_ids=tag_ids, links=links, now=now)
+    if change is not None:
+        plan.changes.append(change)
+    if row["status"] in SUPPRESSED:
+        outcome = "suppressed"
+    else:
+        outcome = "updated" if change is not None else "unchanged"
+    plan.outcome[record.email] = outcome
+    plan.counts[outcome] += 1
 
 
 def _change(
@@ -432,18 +439,9 @@ def _replan_taken(
             plan.outcome[record.email] = "unchanged"
             plan.counts["unchanged"] += 1
             continue
-        tag_ids = option_tag_ids
-        if record.tags:
-            tag_ids = list(dict.fromkeys(option_tag_ids + tags.ids(record.tags)))
-        change = _change(record, row, tag_ids=tag_ids, links=links, now=now)
-        if change is not None:
-            plan.changes.append(change)
-        if row["status"] in SUPPRESSED:
-            outcome = "suppressed"
-        else:
-            outcome = "updated" if change is not None else "unchanged"
-        plan.outcome[record.email] = outcome
-        plan.counts[outcome] += 1
+        _plan_known(
+            plan, record, row, option_tag_ids=option_tag_ids, tags=tags, links=links, now=now
+        )
 
 
 _NEW_COLUMNS = (
