@@ -218,6 +218,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ["status", "is_emergency"]
     search_fields = ["name", "subject"]
     filter_horizontal = ["tags"]
+    actions = ["duplicate_selected"]
     change_form_template = "admin/campaigns/campaign/change_form.html"
     show_full_result_count = False
     fieldsets = [
@@ -267,6 +268,17 @@ class CampaignAdmin(admin.ModelAdmin):
             self.message_user(request, f"“{obj}” saved. Preview it, test it, then send.")
             return redirect("admin:campaigns_campaign_change", obj.pk)
         return super().response_add(request, obj, post_url_continue)
+
+    @admin.action(description="Duplicate as a new draft", permissions=["add"])
+    def duplicate_selected(self, request, queryset):
+        actor = request.user.get_username()
+        duplicate = self._services().campaign_duplicate
+        copies = [duplicate(campaign=c, actor=actor) for c in queryset]
+        if len(copies) == 1:
+            self.message_user(request, f"“{copies[0]}” is a new draft: check it, then send.")
+            return redirect("admin:campaigns_campaign_change", copies[0].pk)
+        self.message_user(request, f"{len(copies)} new drafts.")
+        return None
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Deliveries of a started campaign are the record of who got what.

@@ -276,3 +276,21 @@ def campaign_create_from_starter(*, starter, segment=None, actor: str = "") -> C
         is_emergency=True,
         created_by=actor,
     )
+
+
+def campaign_duplicate(*, campaign: Campaign, actor: str = "") -> Campaign:
+    """A new draft with the same message and audience: how a sent, cancelled or failed
+    campaign is sent again (what went out stays as it was, as the record)."""
+    copy = Campaign.objects.create(
+        name=f"{campaign.name} (copy)"[:200],
+        subject=campaign.subject,
+        preheader=campaign.preheader,
+        body=campaign.body,
+        audience=campaign.audience,
+        segment=campaign.segment,
+        send_mode=campaign.send_mode,
+        is_emergency=campaign.is_emergency,
+        created_by=actor,
+    )
+    copy.tags.set(campaign.tags.all())
+    return copy

@@ -463,3 +463,26 @@ def test_emergency_flow_sends_to_every_subscribed_contact(
     assert all(m.subject == "We're still here" for m in mailoutbox)
     progress = admin_client.get(_url("progress", campaign.pk)).json()
     assert (progress["sent"], progress["remaining"]) == (3, 0)
+
+
+def test_a_failed_campaign_is_sent_again_as_a_duplicate_draft(admin_client):
+    vip = TagFactory(name="Regulars")
+    failed = Campaign.objects.create(
+        name="Still here", subject="We're still here", body="Hi {{ first_name }}",
+        audience=Campaign.Audience.TAGS, status=Campaign.Status.FAILED, is_emergency=True,
+        status_reason="The postal address is missing",
+    )  # fmt: skip
+    failed.tags.add(vip)
+    response = admin_client.post(
+        "/admin/campaigns/campaign/",
+        {"action": "duplicate_selected", "_selected_action": [str(failed.pk)]},
+    )
+    copy = Campaign.objects.exclude(pk=failed.pk).get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/campaigns/campaign/{copy.pk}/change/"
+    assert (copy.status, copy.subject, copy.body, copy.audience, copy.is_emergency) == (
+        "draft", "We're still here", "Hi {{ first_name }}", "tags", True)  # fmt: skip
+    assert list(copy.tags.all()) == [vip]
+    assert copy.created_by == "admin"
+    failed.refresh_from_db()
+    assert failed.status == "failed"
