@@ -72,3 +72,19 @@ def eager_tasks():
     finally:
         celery_app.conf.task_always_eager = False
         celery_app.conf.task_eager_propagates = False
+
+
+@pytest.fixture
+def sender(db):
+    """Sender settings complete enough to send: the shop every campaign test writes for."""
+    from campaigns.models import SenderSettings
+
+    sender = SenderSettings.load()
+    sender.from_name = "Corner Shop"
+    sender.from_email = "hello@corner.example"
+    sender.reply_to = "owner@corner.example"
+    sender.postal_address = "1 High Street, Springfield"
+    sender.shop_url = "https://corner.example/shop"
+    sender.phone = "+1 415 555 0100"
+    sender.save()
+    return sender

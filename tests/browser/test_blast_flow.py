@@ -26,18 +26,6 @@ def owner(django_user_model):
     return django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
 
 
-@pytest.fixture
-def ready_sender():
-    sender = SenderSettings.load()
-    sender.from_name = "Corner Shop"
-    sender.from_email = "hello@corner.example"
-    sender.postal_address = "1 High Street, Springfield"
-    sender.shop_url = "https://corner.example/shop"
-    sender.phone = "+1 415 555 0100"
-    sender.save()
-    return sender
-
-
 def _log_in(page, base_url: str) -> None:
     page.goto(base_url + "/admin/login/")
     page.fill("#id_username", "owner")
@@ -48,7 +36,7 @@ def _log_in(page, base_url: str) -> None:
 
 @pytest.mark.worker
 def test_emergency_update_goes_out_from_the_admin_index_in_three_clicks(
-    page, stillhere, owner, ready_sender, mailoutbox, celery_worker
+    page, stillhere, owner, sender, mailoutbox, celery_worker
 ):
     expect = _expect()
     emails = [ContactFactory(email=f"customer{i}@example.com").email for i in range(5)]
@@ -86,7 +74,7 @@ def test_emergency_update_goes_out_from_the_admin_index_in_three_clicks(
     assert sorted(m.to[0] for m in mailoutbox) == sorted(emails)
 
 
-def test_progress_bar_follows_the_campaign_live(page, stillhere, owner, ready_sender):
+def test_progress_bar_follows_the_campaign_live(page, stillhere, owner, sender):
     """The campaign page polls its progress endpoint and reloads when the status changes."""
     from django.utils import timezone
 

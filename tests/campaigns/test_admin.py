@@ -16,19 +16,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sender():
-    sender = SenderSettings.load()
-    sender.from_name = "Corner Shop"
-    sender.from_email = "hello@corner.example"
-    sender.reply_to = "owner@corner.example"
-    sender.postal_address = "1 High Street, Springfield"
-    sender.shop_url = "https://corner.example/shop"
-    sender.phone = "+1 415 555 0100"
-    sender.save()
-    return sender
-
-
-@pytest.fixture
 def audience():
     vip = TagFactory(name="VIP")
     people = [

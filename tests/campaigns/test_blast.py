@@ -7,21 +7,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from audience.models import Contact
-from campaigns.models import Campaign, Delivery, Segment, SenderSettings
+from campaigns.models import Campaign, Delivery, Segment
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sender():
-    sender = SenderSettings.load()
-    sender.from_name = "Corner Shop"
-    sender.from_email = "hello@corner.example"
-    sender.postal_address = "1 High Street, Springfield"
-    sender.shop_url = "https://corner.example"
-    sender.save()
-    return sender
 
 
 @pytest.fixture
