@@ -52,10 +52,13 @@ def _configure_env(args, port: int) -> dict:
         "EMAIL_API_KEY": "key-bench",
         "EMAIL_API_URL": f"http://127.0.0.1:{port}/v3",
         "MAILGUN_SENDER_DOMAIN": "mg.shop.example",
-        "CAMPAIGN_CHUNK_SIZE": str(args.chunk_size),
-        "CAMPAIGN_BATCH_SIZE": str(args.batch_size),
         "LOG_LEVEL": "WARNING",
     }
+    # The product's defaults unless asked otherwise: that is what a user gets.
+    if args.chunk_size:
+        env["CAMPAIGN_CHUNK_SIZE"] = str(args.chunk_size)
+    if args.batch_size:
+        env["CAMPAIGN_BATCH_SIZE"] = str(args.batch_size)
     os.environ.update(env)
     return {**os.environ, **env}
 
@@ -367,8 +370,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="blast/floor pairs per mode")
     parser.add_argument("--modes", default="batch,per_message")
-    parser.add_argument("--chunk-size", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--chunk-size", type=int, help="default: CAMPAIGN_CHUNK_SIZE's default")
+    parser.add_argument("--batch-size", type=int, help="default: CAMPAIGN_BATCH_SIZE's default")
     parser.add_argument(
         "--database", default="postgres://postgres@127.0.0.1:5432/stillhere_bench_send"
     )
@@ -395,10 +398,15 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.core.management import call_command
 
     from campaigns import ratelimit
     from campaigns.models import SenderSettings
+
+    args.chunk_size = settings.CAMPAIGN_CHUNK_SIZE
+    # A batch never spans two chunks: the floor sends batches of the size the worker can.
+    args.batch_size = min(settings.CAMPAIGN_BATCH_SIZE, args.chunk_size)
 
     call_command("migrate", verbosity=0)
     SenderSettings.objects.update_or_create(

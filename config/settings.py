@@ -158,6 +158,9 @@ CELERY_TASK_ACKS_LATE = True
 # A task a worker was killed in the middle of goes back to the queue instead of vanishing.
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection around every task unless this is
+# set; config/celery.py closes it instead when it is broken or past CONN_MAX_AGE.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
