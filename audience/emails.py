@@ -1,5 +1,8 @@
 """The audience's own transactional mail: the double opt-in confirmation."""
 
+import smtplib
+
+from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
@@ -25,3 +28,19 @@ def send_confirmation_email(*, contact: Contact) -> None:
     )
     message.attach_alternative(render_to_string("email/confirm.html", context), "text/html")
     message.send()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Would sending again later help? Provider 429 / 5xx, timeouts, unreachable: yes.
+    A refused recipient or a malformed request: no."""
+    if isinstance(exc, AnymailRecipientsRefused):
+        return False
+    if isinstance(exc, AnymailError):
+        code = getattr(exc, "status_code", None)
+        # No status: the request never got an answer (timeout, connection refused).
+        return code is None or code == 429 or code >= 500
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return False
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, OSError | smtplib.SMTPException)

@@ -4,6 +4,7 @@ import secrets
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Lower
 
 
@@ -131,6 +132,9 @@ class Contact(models.Model):
     unsubscribed_at = models.DateTimeField(null=True, blank=True)
     # When the last double opt-in mail was queued: at most one per window per contact.
     confirmation_sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # A double opt-in mail is owed (audience.confirmations sends it and clears this).
+    # db_default: the bulk paths insert contacts in raw SQL without naming it.
+    confirmation_due = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         indexes = [
@@ -141,6 +145,10 @@ class Contact(models.Model):
             # costs every imported row an insert.
             models.Index(
                 fields=["phone"], name="contact_phone_pattern", opclasses=["varchar_pattern_ops"]
+            ),
+            # Partial: holds only the few contacts whose confirmation mail is owed.
+            models.Index(
+                fields=["id"], name="contact_confirmation_due", condition=Q(confirmation_due=True)
             ),
         ]
         permissions = [("export_contact", "Can export contacts")]

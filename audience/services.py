@@ -127,7 +127,7 @@ def contact_subscribe(
         contact = _contact_insert_new(form=form, email=email, evidence=evidence, **fields)
         if contact is not None:
             if contact.status == Status.PENDING:
-                _queue_confirmation(contact)
+                _queue_confirmation()
             return contact
     return _contact_subscribe_any(form=form, email=email, evidence=evidence, **fields)
 
@@ -152,7 +152,7 @@ def _contact_insert_new(
         "source": Contact.Source.FORM, "form": form.pk, "now": now,
         "confirmed_at": None if pending else now,
         # A new contact has had no confirmation yet: claim the window at insert time.
-        "confirmation_sent_at": now if pending else None,
+        "confirmation_sent_at": now if pending else None, "confirmation_due": pending,
         "kind": ConsentEvent.Kind.SIGNUP, "method": evidence.method, "ip": evidence.ip,
         "user_agent": (evidence.user_agent or "")[:500], "actor": evidence.actor,
         "consent_text": form.consent_text,
@@ -165,10 +165,10 @@ def _contact_insert_new(
         ), created AS (
             INSERT INTO {Contact._meta.db_table} (email, first_name, last_name, phone, status,
                 attributes, source, signup_form_id, created_at, updated_at, confirmed_at,
-                unsubscribed_at, confirmation_sent_at)
+                unsubscribed_at, confirmation_sent_at, confirmation_due)
             VALUES (%(email)s, %(first_name)s, %(last_name)s, %(phone)s, %(status)s, '{{}}',
                 %(source)s, %(form)s, %(now)s, %(now)s, %(confirmed_at)s, NULL,
-                %(confirmation_sent_at)s)
+                %(confirmation_sent_at)s, %(confirmation_due)s)
             ON CONFLICT (email) DO NOTHING
             RETURNING id
         ), evidence AS (
@@ -193,7 +193,7 @@ def _contact_insert_new(
         id=row[0], email=email, first_name=first_name, last_name=last_name, phone=phone,
         status=status, source=Contact.Source.FORM, signup_form=form, created_at=now,
         updated_at=now, confirmed_at=params["confirmed_at"],
-        confirmation_sent_at=params["confirmation_sent_at"],
+        confirmation_sent_at=params["confirmation_sent_at"], confirmation_due=pending,
     )  # fmt: skip
     contact._state.adding = False
     contact._state.db = "default"
@@ -222,6 +222,7 @@ def _contact_subscribe_any(
             "confirmed_at": None if pending else now,
             # A new contact has had no confirmation yet: claim the window at insert time.
             "confirmation_sent_at": now if pending else None,
+            "confirmation_due": pending,
         },
     )
     before = "" if created else contact.status
@@ -252,7 +253,7 @@ def _contact_subscribe_any(
     )
     if contact.status == Status.PENDING:
         if created:
-            _queue_confirmation(contact)
+            _queue_confirmation()
         else:
             confirmation_request(contact=contact)
     return contact
@@ -267,10 +268,11 @@ def _fill_gaps(contact: Contact, **values: str) -> None:
         contact.save(update_fields=[*changed, "updated_at"])
 
 
-def _queue_confirmation(contact: Contact) -> None:
-    from audience.tasks import send_confirmation
+def _queue_confirmation() -> None:
+    """The contact's confirmation_due is set: have it sent once this transaction commits."""
+    from audience import confirmations  # imports audience.tokens, which imports us
 
-    send_confirmation.delay_on_commit(contact.pk)
+    transaction.on_commit(confirmations.kick)
 
 
 def confirmation_request(*, contact: Contact) -> bool:
@@ -284,10 +286,10 @@ def confirmation_request(*, contact: Contact) -> bool:
     claimed = (
         Contact.objects.filter(pk=contact.pk, status=Status.PENDING)
         .exclude(confirmation_sent_at__gt=now - window)
-        .update(confirmation_sent_at=now)
+        .update(confirmation_sent_at=now, confirmation_due=True)
     )
     if claimed:
-        _queue_confirmation(contact)
+        _queue_confirmation()
     return bool(claimed)
 
 

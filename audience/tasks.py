@@ -1,15 +1,23 @@
 from celery import shared_task
 
-from audience import emails
+from audience import confirmations, emails
 from audience.models import Contact
 
 
-@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
-def send_confirmation(contact_id: int) -> None:
-    """Send the double opt-in mail. Safe to run twice: a confirmed contact gets nothing."""
-    contact = Contact.objects.filter(pk=contact_id, status=Contact.Status.PENDING).first()
-    if contact is not None:
-        emails.send_confirmation_email(contact=contact)
+@shared_task(bind=True, acks_late=True, max_retries=None)
+def send_due_confirmations(self) -> int:
+    """Send every owed double opt-in mail (queued by confirmations.kick after signups, and
+    by beat every minute as a sweep). Safe to run twice, and on many workers at once."""
+    try:
+        sent, more = confirmations.send_due()
+    except Exception as exc:
+        if not emails.is_transient(exc):
+            raise
+        # The provider is unreachable or busy: the debts are kept for the retry.
+        raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from None
+    if more:
+        send_due_confirmations.delay()
+    return sent
 
 
 @shared_task(acks_late=True)

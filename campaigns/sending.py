@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from anymail.exceptions import AnymailError, AnymailRecipientsRefused
+from anymail.exceptions import AnymailError
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -37,6 +37,7 @@ from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 
+from audience.emails import is_transient
 from audience.models import Contact
 from campaigns import ratelimit
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
@@ -77,20 +78,6 @@ def _placeholder_style(backend_path: str):
 
 def batch_supported(backend_path: str | None = None) -> bool:
     return _placeholder_style(backend_path or settings.EMAIL_BACKEND) is not None
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, AnymailRecipientsRefused):
-        return False
-    if isinstance(exc, AnymailError):
-        code = getattr(exc, "status_code", None)
-        # No status: the request never got an answer (timeout, connection refused).
-        return code is None or code == 429 or code >= 500
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return False
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return 400 <= exc.smtp_code < 500
-    return isinstance(exc, OSError | smtplib.SMTPException)
 
 
 def _reason(exc: BaseException) -> str:
@@ -267,7 +254,7 @@ def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) 
         try:
             conn.send_messages([message])
         except Exception as exc:
-            if _transient(exc):
+            if is_transient(exc):
                 result.transient = _reason(exc)
                 return rows[index:]
             if not isinstance(exc, AnymailError | smtplib.SMTPException):
@@ -329,7 +316,7 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
         try:
             conn.send_messages([message])
         except Exception as exc:
-            if _transient(exc):
+            if is_transient(exc):
                 result.transient = _reason(exc)
                 return rows[start:]
             if not isinstance(exc, AnymailError):
@@ -478,7 +465,7 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         except Exception as exc:
             # Open failed or something unexpected: record what went out, give the rest back.
             unsent = [None]
-            if not _transient(exc):
+            if not is_transient(exc):
                 _count(campaign_id, result, _mark(campaign_id, chunk, result), failed_chunk=False)
                 _release(claimed, token, done=False)
                 raise

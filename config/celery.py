@@ -18,7 +18,7 @@ app.autodiscover_tasks()
 
 
 @signals.task_prerun.connect
-def _database_hygiene(**kwargs) -> None:
+def _database_hygiene(sender=None, **kwargs) -> None:
     """Keep a worker's database connection across tasks, as a web process does across
     requests: drop it only when it is broken or older than CONN_MAX_AGE.
 
@@ -26,4 +26,5 @@ def _database_hygiene(**kwargs) -> None:
     CELERY_DB_REUSE_MAX is set, see settings), and a blast chunk then spends a tenth of
     its time reconnecting (bench/blast.py).
     """
-    close_old_connections()
+    if not getattr(sender.request, "is_eager", False):  # eager: the caller's connection
+        close_old_connections()

@@ -187,6 +187,11 @@ CAMPAIGN_RETRY_BACKOFF_MAX = env_float("CAMPAIGN_RETRY_BACKOFF_MAX", 300.0, mini
 # Optional mailto for List-Unsubscribe, next to the one-click HTTPS URL.
 UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
 CELERY_BEAT_SCHEDULE = {
+    # The sweep for double opt-in mail a signup's own kick missed (audience.confirmations).
+    "audience-send-due-confirmations": {
+        "task": "audience.tasks.send_due_confirmations",
+        "schedule": 60.0,
+    },
     "campaigns-start-due": {
         "task": "campaigns.tasks.start_due_campaigns",
         "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),
@@ -317,6 +322,9 @@ STILLHERE_DEMO = env_bool("STILLHERE_DEMO", DEBUG)
 PHONE_DEFAULT_REGION = env_str("PHONE_DEFAULT_REGION", "US").upper()
 CONFIRMATION_RESEND_SECONDS = env_int("CONFIRMATION_RESEND_SECONDS", 600, minimum=0)
 CONFIRMATION_MAX_AGE_DAYS = env_int("CONFIRMATION_MAX_AGE_DAYS", 7, minimum=1)
+# Each web process queues the confirmation-sending task at most once per this many
+# seconds, delayed by twice that; 0 queues it after every signup, at once.
+CONFIRMATION_BATCH_SECONDS = env_float("CONFIRMATION_BATCH_SECONDS", 1.0, minimum=0)
 # Rates ("N/s", "N/m", "N/h", "N/5m"), counted in the cache (Redis in production).
 SIGNUP_RATE_PER_IP = env_rate("SIGNUP_RATE_PER_IP", "10/m")
 SIGNUP_RATE_PER_FORM = env_rate("SIGNUP_RATE_PER_FORM", "600/m")

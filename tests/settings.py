@@ -6,6 +6,8 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key-that-is-long-enough-01
 os.environ.setdefault("SITE_URL", "http://testserver")
 # Tests hold their own clocks; the speed bump for bots would only slow them down.
 os.environ.setdefault("SIGNUP_MIN_SECONDS", "0")
+# Confirmation mail is queued after each signup, at once, so a test sees it straight away.
+os.environ.setdefault("CONFIRMATION_BATCH_SECONDS", "0")
 
 from config.settings import *  # noqa: F403
 from config.settings import STORAGES

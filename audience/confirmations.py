@@ -1,0 +1,94 @@
+"""Double opt-in mail, owed and sent: a flag on the contact, not a task per signup.
+
+A signup (or an import, or a repeated signup past the resend window) sets
+`Contact.confirmation_due` in the same statement that writes the contact, so the debt
+is committed with it. After commit, `kick()` makes sure a `send_due_confirmations` task
+will run shortly; the task sends every owed mail and clears each flag as its mail goes.
+
+Why not one Celery task per signup: publishing a message costs a signup about a third of
+its CPU (bench/signup.py), and a web process that dies between commit and publish would
+lose the mail for good. Here each web process publishes at most one task per
+CONFIRMATION_BATCH_SECONDS, delayed by twice that so the signups it covers have
+committed; the beat sweep (every minute) sends whatever a lost or early task missed.
+
+Sending is at-least-once: each contact is locked (SKIP LOCKED, so workers share the
+work), mailed and cleared in one short transaction; a worker that dies mid-mail leaves
+the flag set and the mail goes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import threading
+import time
+
+from anymail.exceptions import AnymailError
+from django.conf import settings
+from django.db import transaction
+
+from audience import emails
+from audience.models import Contact
+
+logger = logging.getLogger(__name__)
+
+_kicked = {"at": float("-inf")}
+_kick_lock = threading.Lock()
+
+
+def kick() -> None:
+    """Have `send_due_confirmations` run soon; cheap enough to call after every signup.
+
+    Call it after commit (`transaction.on_commit(kick)`), so the task finds the rows.
+    """
+    from audience.tasks import send_due_confirmations
+
+    every = settings.CONFIRMATION_BATCH_SECONDS
+    now = time.monotonic()
+    with _kick_lock:
+        if every and now - _kicked["at"] < every:
+            return  # a task is already on its way and will find this contact too
+        _kicked["at"] = now
+    try:
+        send_due_confirmations.apply_async(countdown=2 * every)
+    except Exception:
+        # The contact is stored and owed its mail; the beat sweep will send it. Failing
+        # the visitor's signup now (it has committed) would help nobody.
+        _kicked["at"] = float("-inf")
+        logger.warning("Could not queue confirmation mail; the sweep will send it", exc_info=True)
+
+
+def send_due(*, limit: int = 500) -> tuple[int, bool]:
+    """Send owed confirmation mail, up to `limit` contacts. Returns (sent, more_left)."""
+    due = Contact.objects.filter(confirmation_due=True).order_by("pk")
+    ids = list(due.values_list("pk", flat=True)[:limit])
+    sent = 0
+    for contact_id in ids:
+        sent += send_one(contact_id=contact_id)
+    return sent, len(ids) == limit
+
+
+def send_one(*, contact_id: int) -> bool:
+    """Send one owed mail and clear the debt, in one transaction. False if nothing was owed
+    (or another worker holds the contact). A provider's transient error propagates, with
+    the debt kept; a permanent refusal clears it, since retrying would never succeed."""
+    with transaction.atomic():
+        contact = (
+            Contact.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("signup_form")
+            .filter(pk=contact_id, confirmation_due=True)
+            .first()
+        )
+        if contact is None:
+            return False
+        mailed = False
+        if contact.status == Contact.Status.PENDING:
+            try:
+                emails.send_confirmation_email(contact=contact)
+                mailed = True
+            except (AnymailError, smtplib.SMTPException) as exc:
+                if emails.is_transient(exc):
+                    raise
+                logger.warning("Confirmation mail to contact %s refused: %s", contact_id, exc)
+        Contact.objects.filter(pk=contact_id).update(confirmation_due=False)
+    return mailed
