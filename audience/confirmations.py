@@ -11,21 +11,21 @@ lose the mail for good. Here each web process publishes at most one task per
 CONFIRMATION_BATCH_SECONDS, delayed by twice that so the signups it covers have
 committed; the beat sweep (every minute) sends whatever a lost or early task missed.
 
-Sending is at-least-once: each contact is locked (SKIP LOCKED, so workers share the
-work), mailed and cleared in one short transaction; a worker that dies mid-mail leaves
-the flag set and the mail goes again.
+Sending is at-least-once: on PostgreSQL each contact is locked (SKIP LOCKED, so workers
+share the work), mailed and cleared in one short transaction; a worker that dies
+mid-mail leaves the flag set and the mail goes again.
 """
 
 from __future__ import annotations
 
 import logging
-import smtplib
 import threading
 import time
+from datetime import timedelta
 
-from anymail.exceptions import AnymailError
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from audience import emails
 from audience.models import Contact
@@ -59,36 +59,73 @@ def kick() -> None:
 
 
 def send_due(*, limit: int = 500) -> tuple[int, bool]:
-    """Send owed confirmation mail, up to `limit` contacts. Returns (sent, more_left)."""
-    due = Contact.objects.filter(confirmation_due=True).order_by("pk")
-    ids = list(due.values_list("pk", flat=True)[:limit])
+    """Send owed confirmation mail, up to `limit` contacts. Returns (sent, more_left).
+
+    Stops at the first error that is not about one message (the provider is down, the
+    credentials are wrong): every later mail would fail alike. The debts are kept, and
+    the next kick or the beat sweep tries again; no retry chain piles up meanwhile. A
+    mail the provider will not take for one contact is tried again until its link would
+    have expired anyway (CONFIRMATION_MAX_AGE_DAYS).
+    """
+    expired = timezone.now() - timedelta(days=settings.CONFIRMATION_MAX_AGE_DAYS)
+    due = Contact.objects.filter(confirmation_due=True)
+    due.filter(confirmation_sent_at__lt=expired).update(confirmation_due=False)
+    ids = list(due.order_by("pk").values_list("pk", flat=True)[:limit])
     sent = 0
     for contact_id in ids:
-        sent += send_one(contact_id=contact_id)
+        try:
+            sent += send_one(contact_id=contact_id)
+        except Exception as exc:
+            if emails.is_transient(exc) or emails.is_setup_problem(exc):
+                logger.warning(
+                    "Confirmation mail could not be sent (%s); kept for the next sweep", exc
+                )
+                return sent, False
+            logger.exception("Confirmation mail to contact %s failed; kept", contact_id)
     return sent, len(ids) == limit
 
 
 def send_one(*, contact_id: int) -> bool:
-    """Send one owed mail and clear the debt, in one transaction. False if nothing was owed
-    (or another worker holds the contact). A provider's transient error propagates, with
-    the debt kept; a permanent refusal clears it, since retrying would never succeed."""
-    with transaction.atomic():
-        contact = (
-            Contact.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("signup_form")
-            .filter(pk=contact_id, confirmation_due=True)
-            .first()
-        )
-        if contact is None:
-            return False
-        mailed = False
-        if contact.status == Contact.Status.PENDING:
-            try:
-                emails.send_confirmation_email(contact=contact)
-                mailed = True
-            except (AnymailError, smtplib.SMTPException) as exc:
-                if emails.is_transient(exc):
-                    raise
-                logger.warning("Confirmation mail to contact %s refused: %s", contact_id, exc)
-        Contact.objects.filter(pk=contact_id).update(confirmation_due=False)
-    return mailed
+    """Send one owed mail and clear the debt. False if nothing was owed, another worker
+    holds the contact, the contact is no longer pending or the provider refused the
+    address for good; any other error propagates with the debt kept."""
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
+            contact = (
+                Contact.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("signup_form")
+                .filter(pk=contact_id, confirmation_due=True)
+                .first()
+            )
+            if contact is None:
+                return False
+            mailed = _mail(contact)
+            Contact.objects.filter(pk=contact_id).update(confirmation_due=False)
+        return mailed
+    # SQLite (the quickstart) has no row locks, and a transaction there holds the whole
+    # database's write lock: claim the debt first, and give it back if the mail fails.
+    if not Contact.objects.filter(pk=contact_id, confirmation_due=True).update(
+        confirmation_due=False
+    ):
+        return False
+    contact = Contact.objects.select_related("signup_form").filter(pk=contact_id).first()
+    if contact is None:
+        return False
+    try:
+        return _mail(contact)
+    except Exception:
+        Contact.objects.filter(pk=contact_id).update(confirmation_due=True)
+        raise
+
+
+def _mail(contact: Contact) -> bool:
+    if contact.status != Contact.Status.PENDING:
+        return False  # confirmed, unsubscribed or suppressed since: nothing to send
+    try:
+        emails.send_confirmation_email(contact=contact)
+    except Exception as exc:
+        if not emails.is_refusal(exc):
+            raise
+        logger.warning("Confirmation mail to contact %s refused: %s", contact.pk, exc)
+        return False
+    return True

@@ -2,8 +2,14 @@
 
 import smtplib
 
-from anymail.exceptions import AnymailError, AnymailRecipientsRefused
+from anymail.exceptions import (
+    AnymailAPIError,
+    AnymailError,
+    AnymailInvalidAddress,
+    AnymailRecipientsRefused,
+)
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
 
@@ -32,15 +38,32 @@ def send_confirmation_email(*, contact: Contact) -> None:
 
 def is_transient(exc: BaseException) -> bool:
     """Would sending again later help? Provider 429 / 5xx, timeouts, unreachable: yes.
-    A refused recipient or a malformed request: no."""
-    if isinstance(exc, AnymailRecipientsRefused):
-        return False
-    if isinstance(exc, AnymailError):
+    A refused recipient, a bad request or a setup problem: no."""
+    if isinstance(exc, AnymailAPIError):
         code = getattr(exc, "status_code", None)
         # No status: the request never got an answer (timeout, connection refused).
         return code is None or code == 429 or code >= 500
+    if isinstance(exc, AnymailError):  # refused recipients, invalid address, unsupported…
+        return False
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         return False
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500
     return isinstance(exc, OSError | smtplib.SMTPException)
+
+
+def is_setup_problem(exc: BaseException) -> bool:
+    """Nothing will go out until someone fixes the settings (credentials, sender domain)."""
+    if isinstance(exc, AnymailAPIError):
+        return getattr(exc, "status_code", None) in {401, 403, 404}
+    return isinstance(
+        exc, ImproperlyConfigured | smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused
+    )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The provider will never take mail for this recipient (sending again cannot help,
+    and it says nothing about the other recipients)."""
+    return isinstance(
+        exc, AnymailRecipientsRefused | AnymailInvalidAddress | smtplib.SMTPRecipientsRefused
+    )

@@ -208,7 +208,10 @@ def _execute_prepared(sql: str, params: dict) -> tuple | None:
     measured with bench/signup.py). Behind PgBouncer this needs session pooling, or
     PgBouncer 1.21+ with max_prepared_statements set.
     """
+    # What Django's own cursor() checks first: a dead connection, a broken transaction.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
+    connection.validate_no_broken_transaction()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone()

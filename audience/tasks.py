@@ -1,23 +1,28 @@
 from celery import shared_task
 
-from audience import confirmations, emails
+from audience import confirmations
 from audience.models import Contact
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None)
-def send_due_confirmations(self) -> int:
+@shared_task(acks_late=True)
+def send_due_confirmations() -> int:
     """Send every owed double opt-in mail (queued by confirmations.kick after signups, and
-    by beat every minute as a sweep). Safe to run twice, and on many workers at once."""
-    try:
-        sent, more = confirmations.send_due()
-    except Exception as exc:
-        if not emails.is_transient(exc):
-            raise
-        # The provider is unreachable or busy: the debts are kept for the retry.
-        raise self.retry(exc=exc, countdown=min(300, 10 * 2**self.request.retries)) from None
+    by beat every minute as the sweep and the retry). Safe to run twice, and on many
+    workers at once."""
+    sent, more = confirmations.send_due()
     if more:
         send_due_confirmations.delay()
     return sent
+
+
+@shared_task
+def send_confirmation(contact_id: int) -> None:
+    """Queued by versions before Contact.confirmation_due (one task per signup): owe the
+    mail instead, so messages still in the broker during an upgrade are not lost."""
+    Contact.objects.filter(pk=contact_id, status=Contact.Status.PENDING).update(
+        confirmation_due=True
+    )
+    confirmations.kick()
 
 
 @shared_task(acks_late=True)

@@ -6,6 +6,8 @@ from celery.signals import task_postrun
 from django.core.cache import cache
 from django.db import connections
 
+from audience import confirmations
+from bench.fake_esp import FakeESP
 from config.celery import app as celery_app
 
 
@@ -88,3 +90,27 @@ def sender(db):
     sender.phone = "+1 415 555 0100"
     sender.save()
     return sender
+
+
+@pytest.fixture(autouse=True)
+def _confirmation_kicks_forgotten():
+    """Each test starts as a fresh web process would: no confirmation task queued yet."""
+    confirmations._kicked["at"] = float("-inf")
+
+
+@pytest.fixture
+def esp(settings):
+    """A fake Mailgun on loopback (bench/fake_esp.py), speaking its real HTTP API; tell it
+    to fail, stall or reject through ``esp.state.control``."""
+    server = FakeESP().start()
+    settings.EMAIL_BACKEND = "anymail.backends.mailgun.EmailBackend"
+    settings.ANYMAIL = {
+        "MAILGUN_API_KEY": "key-test",
+        "MAILGUN_API_URL": f"{server.url}/v3",
+        "MAILGUN_SENDER_DOMAIN": "mg.shop.example",
+        "REQUESTS_TIMEOUT": 1,
+    }
+    settings.CAMPAIGN_RETRY_BACKOFF = 0.2
+    settings.CAMPAIGN_STATUS_CHECK_SECONDS = 0
+    yield server
+    server.stop()

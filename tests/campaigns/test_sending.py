@@ -14,7 +14,6 @@ from django.utils import timezone
 from audience.models import Contact
 from audience.services import Evidence, contact_unsubscribe
 from audience.tokens import read_token
-from bench.fake_esp import FakeESP
 from campaigns import ratelimit, sending, services
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.selectors import campaign_progress, campaign_recipients
@@ -22,22 +21,6 @@ from campaigns.tasks import start_due_campaigns, sweep_stale_claims
 from tests.factories import ContactFactory, TagFactory
 
 POSTAL = "Stillhere Shop\n1 Harbour Road\nPortsmouth"
-
-
-@pytest.fixture
-def esp(settings):
-    server = FakeESP().start()
-    settings.EMAIL_BACKEND = "anymail.backends.mailgun.EmailBackend"
-    settings.ANYMAIL = {
-        "MAILGUN_API_KEY": "key-test",
-        "MAILGUN_API_URL": f"{server.url}/v3",
-        "MAILGUN_SENDER_DOMAIN": "mg.shop.example",
-        "REQUESTS_TIMEOUT": 1,
-    }
-    settings.CAMPAIGN_RETRY_BACKOFF = 0.2
-    settings.CAMPAIGN_STATUS_CHECK_SECONDS = 0
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -96,7 +79,7 @@ def _audience():
     return [tricky, plain, nameless]
 
 
-def _check_messages(esp: FakeESP, recipients: list[Contact]) -> dict:
+def _check_messages(esp, recipients: list[Contact]) -> dict:
     messages = {m["to"]: m for m in esp.state.messages()}
     assert sorted(messages) == sorted(c.email for c in recipients)
     for contact in recipients:
