@@ -106,14 +106,20 @@ class PublicSignupForm(_FieldsMixin, forms.Form):
         stamp = (self.data.get("ts") or "").strip()
         if not stamp:
             return require_stamp
-        age = stamp_age(self.signup_form, stamp)
+        age = self._stamp_age()
         return age is None or age < settings.SIGNUP_MIN_SECONDS
+
+    def _stamp_age(self) -> float | None:
+        """The stamp's age, checked once per submit (is_bot and stamp_expired both ask)."""
+        if not hasattr(self, "_stamp_age_cached"):
+            stamp = (self.data.get("ts") or "").strip()
+            self._stamp_age_cached = stamp_age(self.signup_form, stamp) if stamp else None
+        return self._stamp_age_cached
 
     def stamp_expired(self) -> bool:
         """A stamp older than SIGNUP_STAMP_MAX_AGE: a page left open for days, or a stamp
         a bot fetched once and replays. Refused with a message, not dropped silently."""
-        stamp = (self.data.get("ts") or "").strip()
-        age = stamp_age(self.signup_form, stamp) if stamp else None
+        age = self._stamp_age()
         return age is not None and age > settings.SIGNUP_STAMP_MAX_AGE
 
     def errors_json(self) -> dict[str, list[str]]:
