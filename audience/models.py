@@ -115,7 +115,9 @@ class Contact(models.Model):
 
     # Stored trimmed and lower-cased, so "one contact per email, case-insensitively" is a
     # plain unique index that bulk upserts (ON CONFLICT) can target.
-    email = models.EmailField(max_length=254, unique=True)
+    # Unique through Meta's contact_email_unique: one index that serves =, ON CONFLICT and
+    # the admin's prefix search, instead of Django's pair (unique + a _like copy).
+    email = models.EmailField(max_length=254)
     first_name = models.CharField(max_length=100, blank=True)
     last_name = models.CharField(max_length=100, blank=True)
     phone = models.CharField(max_length=20, blank=True, help_text="E.164")
@@ -124,8 +126,14 @@ class Contact(models.Model):
     tags = models.ManyToManyField(Tag, blank=True, related_name="contacts", db_constraint=False)
     attributes = models.JSONField(default=dict, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.ADMIN)
+    # Indexed in Meta, partially: imported contacts (most of a big list) have no form.
     signup_form = models.ForeignKey(
-        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, related_name="contacts"
+        SignupForm,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="contacts",
+        db_index=False,
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -151,6 +159,19 @@ class Contact(models.Model):
             models.Index(
                 fields=["id"], name="contact_confirmation_due", condition=Q(confirmation_due=True)
             ),
+            models.Index(
+                fields=["signup_form"],
+                name="contact_signup_form",
+                condition=Q(signup_form__isnull=False),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["email"],
+                name="contact_email_unique",
+                opclasses=["varchar_pattern_ops"],
+                violation_error_message="A contact with this email address already exists.",
+            )
         ]
         permissions = [("export_contact", "Can export contacts")]
 
@@ -197,13 +218,23 @@ class ConsentEvent(models.Model):
     status_after = models.CharField(max_length=12, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=500, blank=True)
-    signup_form = models.ForeignKey(SignupForm, null=True, blank=True, on_delete=models.SET_NULL)
+    # Indexed in Meta, partially: import and admin events (most of them) have no form.
+    signup_form = models.ForeignKey(
+        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
     consent_text = models.TextField(blank=True)
     actor = models.CharField(max_length=150, blank=True, help_text="Admin user, if any.")
     detail = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["signup_form"],
+                name="consentevent_signup_form",
+                condition=Q(signup_form__isnull=False),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.status_before or '-'} → {self.status_after})"

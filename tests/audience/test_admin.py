@@ -135,3 +135,16 @@ def test_admin_added_contact_is_normalised(admin_client):
     contact = Contact.objects.get()
     assert (contact.email, contact.phone, contact.source) == (
         "kim@example.com", "+14155550100", "admin")  # fmt: skip
+
+
+def test_admin_adding_a_known_address_in_another_case_is_refused_clearly(admin_client):
+    ContactFactory(email="kim@example.com")
+    response = admin_client.post(
+        "/admin/audience/contact/add/",
+        {"email": "KIM@example.com", "first_name": "Kim", "last_name": "", "phone": "",
+         "attributes": "{}",
+         "consent_events-TOTAL_FORMS": "0", "consent_events-INITIAL_FORMS": "0"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    assert "already exists" in response.content.decode()
+    assert Contact.objects.count() == 1
