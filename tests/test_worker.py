@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 
 from audience import services
 from audience.models import Contact
@@ -17,8 +17,14 @@ pytestmark = pytest.mark.worker
 def _wait_for(predicate, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        try:
+            if predicate():
+                return True
+        except OperationalError as exc:
+            # SQLite's shared in-memory test database answers "table is locked" at once
+            # (no busy timeout) while the worker thread is writing: look again.
+            if "locked" not in str(exc):
+                raise
         time.sleep(0.1)
     return False
 
