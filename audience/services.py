@@ -293,21 +293,27 @@ def _queue_confirmation() -> None:
 
 
 def confirmation_request(*, contact: Contact) -> bool:
-    """Queue a double opt-in mail unless one went out in the last window.
+    """Queue a double opt-in mail unless one went out in the last window."""
+    return bool(confirmations_request(contacts=Contact.objects.filter(pk=contact.pk)))
 
-    The window is claimed with a conditional UPDATE, so two concurrent signups for the
+
+def confirmations_request(*, contacts: QuerySet[Contact]) -> int:
+    """Owe a double opt-in mail to each pending contact in `contacts` that was not sent one
+    in the last window; return how many. One UPDATE, whatever the number of contacts.
+
+    The window is claimed with that conditional UPDATE, so two concurrent signups for the
     same address (or a bot hammering one victim's address) queue at most one mail.
     """
     now = timezone.now()
     window = timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS)
     claimed = (
-        Contact.objects.filter(pk=contact.pk, status=Status.PENDING)
+        contacts.filter(status=Status.PENDING)
         .exclude(confirmation_sent_at__gt=now - window)
         .update(confirmation_sent_at=now, confirmation_due=True)
     )
     if claimed:
         _queue_confirmation()
-    return bool(claimed)
+    return claimed
 
 
 @transaction.atomic

@@ -34,10 +34,10 @@ def run_import(job_id: int) -> None:
     run_job(job_id)
 
 
-@shared_task(autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
+@shared_task
 def import_send_confirmations(contact_ids: list[int]) -> None:
-    """Queue double opt-in mails for contacts an import created as pending."""
+    """Queued by versions before imports owed the mail in their own transaction: owe it
+    now, so messages still in the broker during an upgrade are not lost."""
     from audience import services
 
-    for contact in Contact.objects.filter(pk__in=contact_ids, status=Contact.Status.PENDING):
-        services.confirmation_request(contact=contact)
+    services.confirmations_request(contacts=Contact.objects.filter(pk__in=contact_ids))

@@ -686,9 +686,7 @@ def _write_chunk(records: list[Record], *, ctx: ImportContext, tags: TagCache) -
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         plan = plan_chunk(records, ctx=ctx, tags=tags, now=now, lock=True)
         confirm = write_plan(plan, ctx=ctx, tags=tags, now=now)
-        if confirm:
-            from audience.tasks import import_send_confirmations
-
-            for batch in _batches(confirm, 500):
-                import_send_confirmations.delay_on_commit(batch)
+        # New pending contacts are owed their double opt-in mail, in this transaction.
+        for batch in _batches(confirm):
+            services.confirmations_request(contacts=Contact.objects.filter(pk__in=batch))
     return plan

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from audience import importing
+from audience import confirmations, importing
 from audience.models import ConsentEvent, Contact, ImportJob, SuppressedEmail, Tag
 from audience.services import email_hash
 from tests.factories import ContactFactory
@@ -128,14 +128,14 @@ def test_shopify_declined_row_gets_no_double_opt_in_in_pending_mode(
     with django_capture_on_commit_callbacks() as callbacks:
         run(data, new_status="pending")
     assert contact("ines@example.com").status == "pending"
-    assert len(callbacks) == 1  # one batch of confirmations for the two who said yes
-    # delay_on_commit registers partial(task.delay, contact_ids)
-    (ids,) = callbacks[0].args
-    assert sorted(ids) == sorted(
-        Contact.objects.filter(email__in=["ines@example.com", "uma@example.com"]).values_list(
-            "pk", flat=True
-        )
-    )
+    # The two who said yes are owed their mail, and one sending task is queued after commit.
+    assert sorted(
+        Contact.objects.filter(confirmation_due=True).values_list("email", flat=True)
+    ) == [
+        "ines@example.com",
+        "uma@example.com",
+    ]
+    assert callbacks == [confirmations.kick]
 
 
 def test_meta_lead_ads_utf16_tab_with_p_prefix():
