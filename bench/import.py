@@ -64,9 +64,14 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
+
+
+def _children_peak_mb() -> float:
+    """The import's parser process (large files are parsed in a child of the import)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _setup_django():
@@ -217,6 +222,8 @@ def child_import(path: str, add_tag: str = "") -> None:
     print(json.dumps({"status": job.status, "counts": job.counts, "rows": job.rows_done,
                       "upload_s": inspected - started, "run_s": finished - inspected,
                       "python_cpu_s": _cpu_s() - cpu_inspected, "peak_mb": _peak_mb(),
+                      "parser_cpu_s": _cpu_s(resource.RUSAGE_CHILDREN),
+                      "parser_peak_mb": _children_peak_mb(),
                       "upload_cpu_s": cpu_inspected - cpu_started}))  # fmt: skip
 
 
@@ -335,9 +342,10 @@ def main() -> None:
             c = result["counts"]
             print(
                 f"import {rows:>9,} rows ({size_mb:.0f} MB): {rate:>9,.0f} rows/s "
-                f"({result['run_s']:.1f} s, of which Python CPU {result['python_cpu_s']:.1f} s; "
-                f"upload check {result['upload_s']:.1f} s), "
-                f"peak {result['peak_mb']:.0f} MB | COPY floor {copy_rate:>9,.0f} rows/s "
+                f"({result['run_s']:.1f} s; Python CPU {result['python_cpu_s']:.1f} s "
+                f"+ parser {result['parser_cpu_s']:.1f} s; upload check {result['upload_s']:.1f} s), "
+                f"peak {result['peak_mb']:.0f} MB + parser {result['parser_peak_mb']:.0f} MB "
+                f"| COPY floor {copy_rate:>9,.0f} rows/s "
                 f"({copy_s:.1f} s) | import/COPY = 1/{copy_rate / rate:.1f} | "
                 f"schema floor {rows / schema_s:>7,.0f} rows/s (import = "
                 f"{100 * rate * schema_s / rows:.0f}% of it) | "

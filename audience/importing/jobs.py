@@ -4,7 +4,7 @@
     job_create (detect, refuse bad files, store nothing if so)
     → job_preview (dry run: mapping, first rows as stored, counts)
     → job_start (options; dispatch run_import after commit, or run inline)
-    → run_job (chunks of CHUNK rows, each in its own transaction; progress; rejected CSV)
+    → run_job (chunks of parsing.CHUNK rows, each in its own transaction; progress; rejected CSV)
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from audience.exporting import neutralise
+from audience.importing.parsing import (
+    Chunk,
+    ParserSpec,
+    chunks,
+    file_chunks,
+    has_content,
+    header_and_rows,
+)
 from audience.importing.profiles import (
     BY_KEY,
     GENERIC,
@@ -41,14 +49,13 @@ from audience.importing.profiles import (
     guess_email_column,
 )
 from audience.importing.reading import BadRow, Detected, ImportFileError, Reader, check_xlsx, detect
-from audience.importing.rows import Record, RowError, RowParser
+from audience.importing.rows import Record, RowError
 from audience.importing.upsert import NEW_STATUS_CHOICES, ImportContext, TagCache, import_chunk
 from audience.models import ImportJob
 from audience.services import clean_text
 
 log = logging.getLogger(__name__)
 
-CHUNK = 10_000
 WRITERS = 2
 SAMPLE_ROWS = 20
 PREVIEW_COUNT_LIMIT = 20_000
@@ -65,38 +72,17 @@ class Inspection:
     sample: list[list[str]] = field(default_factory=list)
 
 
-def _has_content(row: list[str]) -> bool:
-    """False for a blank line or one of empty cells (spreadsheets pad with them).
-
-    Two C-level calls instead of a generator over the cells: this runs once per row."""
-    return any(row) and not "".join(row).isspace()
-
-
-def _header_and_rows(reader: Reader) -> tuple[list[str], int, Iterator]:
-    """Skip blank lines before the header; return it, its line number and the rest."""
-    rows = reader.rows()
-    line = 0
-    for row in rows:
-        line += 1
-        if isinstance(row, BadRow):
-            continue
-        header = [cell.replace("\ufeff", "").strip() for cell in row]
-        if any(header):
-            return header, line, rows
-    raise ImportFileError("The file has no rows.")
-
-
 def inspect(f: BinaryIO, *, unknown: str = "attribute", profile_key: str = "") -> Inspection:
     """Decide how to read the file and map it; raise ImportFileError if it cannot be."""
     detected = detect(f)
     if detected.file_format == "xlsx":
         check_xlsx(f)
     with Reader(f, detected) as reader:
-        header, _, rows = _header_and_rows(reader)
+        header, _, rows = header_and_rows(reader)
         sample: list[list[str]] = []
         total = 0
         for row in rows:
-            if isinstance(row, BadRow) or _has_content(row):
+            if isinstance(row, BadRow) or has_content(row):
                 total += 1
                 if len(sample) < SAMPLE_ROWS and not isinstance(row, BadRow):
                     sample.append(row)
@@ -201,47 +187,26 @@ def _context(job: ImportJob, *, actor: str = "") -> ImportContext:
     )
 
 
-def _parser(job: ImportJob) -> RowParser:
-    profile = BY_KEY.get(job.profile, GENERIC)
+def _local_path(job: ImportJob) -> str | None:
     try:
-        return RowParser(job.columns, job.mapping, tag_style=profile.tag_style)
+        return job.file.path
+    except NotImplementedError:  # a storage without local files (S3 and the like)
+        return None
+
+
+def _spec(job: ImportJob) -> ParserSpec:
+    profile = BY_KEY.get(job.profile, GENERIC)
+    spec = ParserSpec(
+        Detected(job.file_format, job.encoding, job.delimiter),
+        job.columns,
+        job.mapping,
+        profile.tag_style,
+    )
+    try:
+        spec.parser()
     except RowError:
         raise ImportFileError("Choose the column that holds the email address.") from None
-
-
-def _chunks(
-    f: BinaryIO, job: ImportJob, parser: RowParser, on_reject: Callable
-) -> Iterator[tuple[list[Record], int, int]]:
-    """Yield (distinct records, file rows consumed, duplicates merged) per chunk."""
-    detected = Detected(job.file_format, job.encoding, job.delimiter)
-    with Reader(f, detected) as reader:
-        _, line, rows = _header_and_rows(reader)
-        chunk: dict[str, Record] = {}
-        consumed = merged = 0
-        for row in rows:
-            line += 1
-            if isinstance(row, BadRow):
-                consumed += 1
-                on_reject(line, row.reason, [])
-            elif not _has_content(row):
-                continue
-            else:
-                consumed += 1
-                try:
-                    record = parser.parse(row, line)
-                except RowError as exc:
-                    on_reject(line, str(exc), row)
-                else:
-                    if record.email in chunk:
-                        chunk[record.email].merge(record)
-                        merged += 1
-                    else:
-                        chunk[record.email] = record
-            if consumed >= CHUNK:
-                yield list(chunk.values()), consumed, merged
-                chunk, consumed, merged = {}, 0, 0
-        if chunk or consumed:
-            yield list(chunk.values()), consumed, merged
+    return spec
 
 
 def job_sample(job: ImportJob, *, n: int = 3) -> list[list[str]]:
@@ -249,9 +214,9 @@ def job_sample(job: ImportJob, *, n: int = 3) -> list[list[str]]:
     detected = Detected(job.file_format, job.encoding, job.delimiter)
     out: list[list[str]] = []
     with job.file.open("rb") as f, Reader(f, detected) as reader:
-        _, _, rows = _header_and_rows(reader)
+        _, _, rows = header_and_rows(reader)
         for row in rows:
-            if not isinstance(row, BadRow) and _has_content(row):
+            if not isinstance(row, BadRow) and has_content(row):
                 out.append([c[:60] for c in row])
                 if len(out) >= n:
                     break
@@ -268,27 +233,25 @@ class Preview:
 
 def job_preview(job: ImportJob, *, show: int = 10, limit: int = PREVIEW_COUNT_LIMIT) -> Preview:
     """A dry run over the first ``limit`` rows: nothing is written, not even a tag."""
-    parser = _parser(job)
+    spec = _spec(job)
     ctx = _context(job)
     tags = TagCache(create=False)
     counts: Counter = Counter()
     shown: list[dict] = []
     counted = 0
-
-    def on_reject(line, reason, row):
-        counts["invalid"] += 1
-        if len(shown) < show:
-            shown.append({"line": line, "outcome": "invalid", "reason": reason})
-
     with job.file.open("rb") as f:
-        for records, consumed, merged in _chunks(f, job, parser, on_reject):
-            plan = import_chunk(records, ctx=ctx, tags=tags, dry_run=True)
+        for chunk in chunks(f, spec):
+            for line, reason, _ in chunk.rejected:
+                counts["invalid"] += 1
+                if len(shown) < show:
+                    shown.append({"line": line, "outcome": "invalid", "reason": reason})
+            plan = import_chunk(chunk.records, ctx=ctx, tags=tags, dry_run=True)
             counts.update(plan.counts)
-            counts["merged"] += merged
-            counted += consumed
+            counts["merged"] += chunk.merged
+            counted += chunk.consumed
             new = {n.record.email: n for n in plan.new}
             changes = {c.record.email: c for c in plan.changes}
-            for record in records:
+            for record in chunk.records:
                 if len(shown) >= show:
                     break
                 shown.append(_shown(record, plan.outcome[record.email], new, changes, ctx))
@@ -417,43 +380,42 @@ def _close_writer_connections(opened: dict) -> None:
             conn.dec_thread_sharing()
 
 
-def _write_all(chunks: Iterator, *, ctx: ImportContext, tags: TagCache) -> Iterator:
-    """Write chunks (in parallel on PostgreSQL); yield (records, consumed, merged, plan)
-    in file order. At most ``writers`` chunks are in flight, so memory stays flat."""
+def _write_all(parsed: Iterator[Chunk], *, ctx: ImportContext, tags: TagCache) -> Iterator:
+    """Write chunks (in parallel on PostgreSQL); yield (chunk, plan) in file order.
+    At most ``writers`` chunks are in flight, so memory stays flat."""
     writers = _writers()
     if writers == 1:
-        for records, consumed, merged in chunks:
-            yield records, consumed, merged, import_chunk(records, ctx=ctx, tags=tags)
+        for chunk in parsed:
+            yield chunk, import_chunk(chunk.records, ctx=ctx, tags=tags)
         return
     opened: dict = {}  # writer thread → its connection
     try:
-        yield from _write_parallel(chunks, ctx=ctx, tags=tags, writers=writers, opened=opened)
+        yield from _write_parallel(parsed, ctx=ctx, tags=tags, writers=writers, opened=opened)
     finally:
         _close_writer_connections(opened)
 
 
 def _write_parallel(
-    chunks: Iterator, *, ctx: ImportContext, tags: TagCache, writers: int, opened: dict
+    parsed: Iterator[Chunk], *, ctx: ImportContext, tags: TagCache, writers: int, opened: dict
 ) -> Iterator:
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="import-writer") as pool:
         try:
-            for records, consumed, merged in chunks:
+            for chunk in parsed:
                 # Tags are created here, once, so two writers never race to create one.
                 tags.ids(ctx.tag_names)
-                for record in records:
+                for record in chunk.records:
                     if record.tags:
                         tags.ids(record.tags)
-                future = pool.submit(_write_one, records, ctx, tags, opened)
-                pending.append((records, consumed, merged, future))
+                pending.append((chunk, pool.submit(_write_one, chunk.records, ctx, tags, opened)))
                 if len(pending) >= writers:
-                    records, consumed, merged, future = pending.popleft()
-                    yield records, consumed, merged, future.result()
+                    chunk, future = pending.popleft()
+                    yield chunk, future.result()
             while pending:
-                records, consumed, merged, future = pending.popleft()
-                yield records, consumed, merged, future.result()
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
         finally:
-            for *_, future in pending:
+            for _, future in pending:
                 future.cancel()
 
 
@@ -524,26 +486,23 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
         # "row": the record's number in the file, the header being row 1.
         writer.writerow(["row", "reason", *map(neutralise, job.columns)])
 
-        def on_reject(line, reason, row):
-            # Called from the reading thread only; the writer thread reads the count.
-            nonlocal rejected_count
-            rejected_count += 1
-            # The file came from elsewhere and will be opened in a spreadsheet.
-            writer.writerow([line, reason, *map(neutralise, row)])
-
         try:
-            parser = _parser(job)
+            spec = _spec(job)
             ctx = _context(job)
             tags = TagCache()
             last_saved = 0.0
             with job.file.open("rb") as f:
-                chunks = _prefetch(_chunks(f, job, parser, on_reject))
-                for records, consumed, merged, plan in _write_all(chunks, ctx=ctx, tags=tags):
+                parsed = _prefetch(file_chunks(f, spec, size=job.size, path=_local_path(job)))
+                for chunk, plan in _write_all(parsed, ctx=ctx, tags=tags):
+                    for line, reason, row in chunk.rejected:
+                        # The file came from elsewhere and will be opened in a spreadsheet.
+                        writer.writerow([line, reason, *map(neutralise, row)])
+                    rejected_count += len(chunk.rejected)
                     counts.update(plan.counts)
-                    counts["merged"] += merged
-                    counts["phone_dropped"] += sum(1 for r in records if r.phone_dropped)
+                    counts["merged"] += chunk.merged
+                    counts["phone_dropped"] += sum(1 for r in chunk.records if r.phone_dropped)
                     counts["invalid"] = rejected_count
-                    done += consumed
+                    done += chunk.consumed
                     if time.monotonic() - last_saved > 0.5:
                         last_saved = time.monotonic()
                         ImportJob.objects.filter(pk=job.pk).update(

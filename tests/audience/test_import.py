@@ -323,7 +323,7 @@ def test_same_email_in_different_case_merges_into_one_contact():
 
 
 def test_duplicates_across_chunks_still_make_one_contact(monkeypatch):
-    monkeypatch.setattr("audience.importing.jobs.CHUNK", 2)
+    monkeypatch.setattr("audience.importing.parsing.CHUNK", 2)
     rows = [["Email", "Name"]] + [[f"p{i}@example.com", ""] for i in range(5)]
     rows += [["P1@EXAMPLE.COM", "Late Name"]]
     job = run(csv_bytes(rows))
@@ -482,7 +482,7 @@ def test_import_contacts_command_reports_a_bad_file(tmp_path):
 def test_parallel_writers_merge_an_address_repeated_across_chunks(monkeypatch):
     # Outside a transaction PostgreSQL gets two writers; chunks of two rows put the same
     # address into chunks that are written at the same time.
-    monkeypatch.setattr("audience.importing.jobs.CHUNK", 2)
+    monkeypatch.setattr("audience.importing.parsing.CHUNK", 2)
     rows = [["Email", "First Name", "Last Name", "Tags"]]
     for i in range(40):
         rows.append([f"p{i % 7}@example.com", f"F{i}" if i < 7 else "", f"L{i}", f"t{i % 3}"])
@@ -498,3 +498,82 @@ def test_parallel_writers_merge_an_address_repeated_across_chunks(monkeypatch):
         assert tags_of(c.email) == {"t0", "t1", "t2"}
     again = run(csv_bytes(rows), new_status="none")
     assert again.counts.get("new", 0) == 0 and again.counts.get("updated", 0) == 0
+
+
+# --- large files: parsed by a child process ----------------------------------------------
+
+
+@pytest.fixture
+def parse_in_child(monkeypatch):
+    """Every file counts as large; returns the list of files the child parsed."""
+    from audience.importing import parsing
+
+    parsed = []
+    child_chunks = parsing.child_chunks
+
+    def spy(path, spec):
+        parsed.append(path)
+        yield from child_chunks(path, spec)
+
+    monkeypatch.setattr(parsing, "CHILD_MIN_BYTES", 0)
+    monkeypatch.setattr(parsing, "child_chunks", spy)
+    return parsed
+
+
+def test_a_large_file_parsed_in_a_child_process_imports_the_same(parse_in_child, monkeypatch):
+    monkeypatch.setattr("audience.importing.parsing.CHUNK", 2)  # the child gets it too
+    rows = [
+        ["Email", "First Name", "Phone", "Tags", "Favourite"],
+        ["good1@example.com", "Zoë", "+14155550100", "vip", "tea"],
+        ["not-an-email", "Bad", "", "", ""],
+        ["GOOD1@example.com", "", "", "late", ""],
+        ["good2@example.com", "Two", "12", "", ""],
+        ["", "No address", "", "", ""],
+        ["good3@example.com", "Three", "", "", ""],
+    ]
+    job = run(csv_bytes(rows), new_status="none")
+    assert len(parse_in_child) == 1
+    assert job.status == "done"
+    assert set(Contact.objects.values_list("email", flat=True)) == {
+        "good1@example.com", "good2@example.com", "good3@example.com",
+    }  # fmt: skip
+    good1 = contact("good1@example.com")
+    assert (good1.first_name, good1.phone, good1.attributes["Favourite"]) == (
+        "Zoë", "+14155550100", "tea",
+    )  # fmt: skip
+    assert tags_of("good1@example.com") == {"vip", "late"}  # merged across chunks
+    assert contact("good2@example.com").phone == ""
+    assert job.counts["invalid"] == 2 and job.counts["phone_dropped"] == 1
+    assert job.counts["new"] == 3 and job.rows_done == 6
+    with job.rejected.open("rb") as f:
+        rejected = list(csv.reader(io.StringIO(f.read().decode("utf-8-sig"))))
+    assert [r[:3] for r in rejected[1:]] == [
+        ["3", "invalid email address", "not-an-email"],
+        ["6", "no email address", ""],
+    ]
+
+
+def test_a_file_the_child_cannot_read_fails_the_import_with_its_message(parse_in_child):
+    job = importing.job_create(
+        f=io.BytesIO(csv_bytes([["Email"], ["a@example.com"]])), name="c.csv", size=30
+    )
+    job = importing.job_start(job=job, options={}, dispatch=False)
+    with job.file.open("wb") as f:  # the stored file lost its rows after the upload
+        f.write(b"\r\n\r\n")
+    job = importing.run_job(job.pk)
+    assert len(parse_in_child) == 1
+    assert (job.status, job.error) == ("failed", "The file has no rows.")
+    assert Contact.objects.count() == 0
+
+
+def test_a_parser_process_that_dies_fails_the_import_and_says_so(parse_in_child, monkeypatch):
+    monkeypatch.setattr("audience.importing.parsing.sys.executable", "/bin/false")
+    job = importing.job_create(
+        f=io.BytesIO(csv_bytes([["Email"], ["a@example.com"]])), name="c.csv", size=30
+    )
+    job = importing.job_start(job=job, options={}, dispatch=False)
+    with pytest.raises(RuntimeError, match="parser process failed"):
+        importing.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "failed" and "running the same file again is safe" in job.error
+    assert Contact.objects.count() == 0

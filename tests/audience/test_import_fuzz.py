@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audience.importing import ImportFileError, inspect
-from audience.importing.jobs import _header_and_rows
+from audience.importing.parsing import header_and_rows
 from audience.importing.reading import BadRow, Reader, detect
 from audience.importing.rows import RowError, RowParser
 
@@ -28,7 +28,7 @@ def _parse_everything(data: bytes) -> int:
     parsed = 0
     with Reader(f, detect(f)) as reader:
         try:
-            _, line, rows = _header_and_rows(reader)
+            _, line, rows = header_and_rows(reader)
             for row in rows:
                 line += 1
                 if isinstance(row, BadRow):
