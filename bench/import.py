@@ -343,7 +343,8 @@ def main() -> None:
             print(
                 f"import {rows:>9,} rows ({size_mb:.0f} MB): {rate:>9,.0f} rows/s "
                 f"({result['run_s']:.1f} s; Python CPU {result['python_cpu_s']:.1f} s "
-                f"+ parser {result['parser_cpu_s']:.1f} s; upload check {result['upload_s']:.1f} s), "
+                f"+ parser {result['parser_cpu_s']:.1f} s; "
+                f"upload check {result['upload_s']:.1f} s), "
                 f"peak {result['peak_mb']:.0f} MB + parser {result['parser_peak_mb']:.0f} MB "
                 f"| COPY floor {copy_rate:>9,.0f} rows/s "
                 f"({copy_s:.1f} s) | import/COPY = 1/{copy_rate / rate:.1f} | "
