@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gc
 import io
 import logging
 import queue
@@ -35,6 +33,7 @@ from audience.importing.parsing import (
     Chunk,
     ParserSpec,
     chunks,
+    few_collections,
     file_chunks,
     has_content,
     header_and_rows,
@@ -430,41 +429,9 @@ def job_requeue(*, job: ImportJob) -> None:
         run_import.delay_on_commit(job.pk)
 
 
-_gc_lock = threading.Lock()
-_gc_before: tuple = ()
-_gc_depth = 0  # imports running in this process (a threaded worker may run several)
-
-
-@contextlib.contextmanager
-def _few_collections(threshold: int = 100_000) -> Iterator[None]:
-    """Run the cyclic garbage collector rarely while a file streams through.
-
-    Every row allocates a few lists, dicts and strings; at the default threshold (700)
-    the collector runs every few rows and its full passes walk everything alive (the
-    chunks in flight, all of Django): about 40% of the import's CPU, measured with
-    py-spy on bench/import.py. Rows make no reference cycles, so nothing is kept
-    longer; the usual thresholds come back when the last running import ends.
-    """
-    global _gc_depth, _gc_before
-    with _gc_lock:
-        _gc_depth += 1
-        if _gc_depth == 1:
-            _gc_before = gc.get_threshold()
-            gc.freeze()  # what is alive now (Django, the app) is not scanned again
-            gc.set_threshold(threshold, *_gc_before[1:])
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_depth -= 1
-            if _gc_depth == 0:
-                gc.set_threshold(*_gc_before)
-                gc.unfreeze()
-
-
 def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | None:
     """Run a queued import. Safe to call twice: only one caller claims the job."""
-    with _few_collections():
+    with few_collections():
         return _run_job(job_id, progress=progress)
 
 

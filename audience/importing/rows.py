@@ -116,8 +116,9 @@ class Record:
     def has_consent(self) -> bool:
         if self.signal == "yes":
             return True
-        return self.signal is None and any(
-            k in self.evidence for k in ("optin_time", "confirm_time", "consent_time")
+        ev = self.evidence
+        return self.signal is None and (
+            "optin_time" in ev or "confirm_time" in ev or "consent_time" in ev
         )
 
     def merge(self, other: Record) -> None:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
@@ -337,6 +338,12 @@ def _event_detail(record: Record, ctx: ImportContext) -> dict:
     return detail
 
 
+def _json_texts(d: dict[str, str]) -> str:
+    """json.dumps of a dict of strings, character for character, at about half the cost
+    (json.dumps builds an encoder per call; this is one C call per string)."""
+    return "{" + ", ".join([f"{_json_str(k)}: {_json_str(v)}" for k, v in d.items()]) + "}"
+
+
 class _Json:
     """The JSON that is the same for every row of an import, serialised once."""
 
@@ -349,13 +356,13 @@ class _Json:
     def detail(self, record: Record) -> str:
         head = f'{{"row": {record.line}'
         if record.evidence:
-            head += ', "evidence": ' + json.dumps(record.evidence)
+            head += ', "evidence": ' + _json_texts(record.evidence)
         return head + self._detail_tail
 
     def attributes(self, record: Record, ctx: ImportContext) -> str:
         if not record.attributes:
             return self._plain_attributes
-        return json.dumps(_source_attributes(record, ctx))
+        return _json_texts(_source_attributes(record, ctx))
 
 
 # COPY's text format: tab-separated, \N for NULL, and only these four characters need a
@@ -370,7 +377,13 @@ def _copy_escape(value: str) -> str:
 
 
 def _copy_stamp(value: dt.datetime | None) -> str:
-    return "\\N" if value is None else str(value)
+    return "\\N" if value is None else _stamp_text(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _stamp_text(value: dt.datetime) -> str:
+    # A file's timestamps repeat (see _parse_when), and str() of one costs ~4 µs.
+    return str(value)
 
 
 def _copy_text(cursor, target: str, lines: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -91,3 +92,14 @@ def test_random_csv_shapes_never_raise_an_unhandled_exception(
             continue
     data = text.getvalue().encode(encoding, errors="replace")
     _parse_everything(data)
+
+
+@FUZZ
+@given(st.dictionaries(st.text(), st.text()))
+def test_imported_attributes_and_evidence_are_stored_as_exactly_the_json_of_the_cells(cells):
+    # The import writes these dicts as JSON text of its own (COPY is fed text); PostgreSQL
+    # must read back what json.dumps would have written, whatever the file's cells held.
+    from audience.importing.upsert import _json_texts
+
+    assert _json_texts(cells) == json.dumps(cells)
+    assert json.loads(_json_texts(cells)) == cells
