@@ -147,11 +147,15 @@ def _pg_stream_csv(queryset: QuerySet[Contact]) -> Iterator[bytes]:
     sql, params = _pg_select(queryset)
     head = io.StringIO()
     csv.writer(head, lineterminator="\n").writerow(COLUMNS)  # COPY ends rows with \n
-    block = bytearray(("\ufeff" + head.getvalue()).encode("utf-8"))
-    with (
-        connection.cursor() as cursor,
-        cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params or None) as copy,
-    ):
+    yield from _copy_out(
+        f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params, head=("\ufeff" + head.getvalue())
+    )
+
+
+def _copy_out(copy_sql: str, params: tuple, *, head: str = "") -> Iterator[bytes]:
+    """COPY … TO STDOUT's bytes, in pieces of about BLOCK bytes."""
+    block = bytearray(head.encode("utf-8"))
+    with connection.cursor() as cursor, cursor.copy(copy_sql, params or None) as copy:
         for data in copy:
             block += data
             if len(block) >= BLOCK:
@@ -160,13 +164,45 @@ def _pg_stream_csv(queryset: QuerySet[Contact]) -> Iterator[bytes]:
     yield bytes(block)
 
 
-def _pg_rows(queryset: QuerySet[Contact]) -> Iterator[list[tuple]]:
+# XLSX rows as text, built by PostgreSQL. Cells are escaped for XML, and the four
+# characters COPY's text format would backslash-escape become character references, so
+# the bytes COPY sends are the sheet's XML as it is. Characters XML 1.0 cannot carry
+# are dropped, as _xml_text does.
+_PG_XML_ESCAPES = (
+    ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\\", "&#92;"),
+    ("' || chr(9) || '", "&#9;"), ("' || chr(10) || '", "&#10;"), ("' || chr(13) || '", "&#13;"),
+)  # fmt: skip
+_PG_SAFE_COLUMNS = {4, 6, 7, 8, 9}  # status, source and timestamps: our own vocabulary
+
+
+def _pg_xml_cell(expr: str) -> str:
+    escaped = expr
+    for char, ref in _PG_XML_ESCAPES:
+        escaped = f"replace({escaped}, '{char}', '{ref}')"
+    escaped = (
+        f"regexp_replace({escaped}, '[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]', '', 'g')"
+    )
+    text = f"CASE WHEN {expr} ~ '[&<>\\\\[:cntrl:]]' THEN {escaped} ELSE {expr} END"
+    return (
+        f"CASE WHEN {expr} = '' THEN '<c/>' ELSE "
+        f"'<c t=\"inlineStr\"><is><t xml:space=\"preserve\">' || {text} || '</t></is></c>' END"
+    )
+
+
+def _pg_stream_xlsx_rows(queryset: QuerySet[Contact]) -> Iterator[bytes]:
     sql, params = _pg_select(queryset)
-    # A server-side cursor: rows arrive BATCH at a time, whatever the table's size.
-    with connection.chunked_cursor() as cursor:
-        cursor.execute(sql, params)
-        while batch := cursor.fetchmany(BATCH):
-            yield batch
+    names = [f"c{i}" for i in range(len(COLUMNS))]
+    cells = [
+        f"CASE WHEN {n} = '' THEN '<c/>' ELSE '<c t=\"inlineStr\"><is><t>' || {n} || "
+        "'</t></is></c>' END"
+        if i in _PG_SAFE_COLUMNS
+        else _pg_xml_cell(n)
+        for i, n in enumerate(names)
+    ]
+    # The subquery's ORDER BY holds: the outer query only projects its rows.
+    row = " || ".join(["'<row>'", *cells, "'</row>'"])
+    xml = f"SELECT {row} FROM ({sql}) AS s({', '.join(names)})"  # noqa: S608 (our own SQL)
+    yield from _copy_out(f"COPY ({xml}) TO STDOUT", params)
 
 
 def stream_csv(queryset: QuerySet[Contact]) -> Iterator[bytes]:
@@ -268,15 +304,19 @@ def stream_xlsx(queryset: QuerySet[Contact]) -> Iterator[bytes]:
                 b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
                 b"<sheetData>" + _xml_row(1, COLUMNS).encode()
             )
-            number = 1
-            batches = _pg_rows(queryset) if connection.vendor == "postgresql" else rows(queryset)
-            for batch in batches:
-                parts = []
-                for row in batch:
-                    number += 1
-                    parts.append(_xml_row(number, row))
-                sheet.write("".join(parts).encode("utf-8"))
-                yield sink.take()
+            if connection.vendor == "postgresql":
+                for block in _pg_stream_xlsx_rows(queryset):
+                    sheet.write(block)
+                    yield sink.take()
+            else:
+                number = 1
+                for batch in rows(queryset):
+                    parts = []
+                    for row in batch:
+                        number += 1
+                        parts.append(_xml_row(number, row))
+                    sheet.write("".join(parts).encode("utf-8"))
+                    yield sink.take()
             sheet.write(b"</sheetData></worksheet>")
     yield sink.take()
 

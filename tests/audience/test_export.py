@@ -75,12 +75,15 @@ def test_csv_export_has_the_columns_and_neutralises_formulas():
 def test_xlsx_export_opens_in_a_spreadsheet_with_neutralised_cells():
     ContactFactory(email="x@example.com", first_name="=1+1", last_name="Ünal \x01")
     ContactFactory(email="y@example.com", first_name="Tom & <Jerry>", last_name="a\tb")
+    ContactFactory(email="z@example.com", first_name="C:\\Users\\zoe", last_name="two\nlines")
     body = b"".join(exporting.stream_xlsx(Contact.objects.all()))
     sheet = openpyxl.load_workbook(io.BytesIO(body), read_only=True).worksheets[0]
     rows = [[c or "" for c in row] for row in sheet.iter_rows(values_only=True)]
     assert rows[0] == list(exporting.COLUMNS)
     assert rows[1][:3] == ["x@example.com", "'=1+1", "Ünal "]
     assert rows[2][:3] == ["y@example.com", "Tom & <Jerry>", "a\tb"]
+    assert rows[3][:3] == ["z@example.com", "C:\\Users\\zoe", "two\nlines"]
+    assert [r[4] for r in rows[1:]] == ["subscribed"] * 3 and len(rows) == 4
 
 
 def test_export_streams_in_batches(monkeypatch):
