@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -310,15 +311,22 @@ def job_start(
 
 
 def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Read and parse the next chunks in a thread while this one is written.
-
-    Parsing is Python (it holds the GIL) but the writes mostly wait on PostgreSQL (they
-    release it), so the two overlap; at most ``depth`` chunks wait in memory.
-    """
+    """Take the next chunks (parsed here, or received from the parser process) in a
+    thread while this one is written; at most ``depth`` chunks wait in memory."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
+        try:
+            feed()
+        finally:
+            # Stopped early (the import failed): end the source now, here, so a parser
+            # process is killed at once instead of whenever the generator is collected.
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def feed() -> None:
         try:
             for item in iterator:
                 while not stop.is_set():
@@ -458,8 +466,10 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
             ctx = _context(job)
             tags = TagCache()
             last_saved = 0.0
-            with job.file.open("rb") as f:
-                parsed = _prefetch(file_chunks(f, spec, size=job.size, path=_local_path(job)))
+            source = file_chunks(job.file.open("rb"), spec, size=job.size, path=_local_path(job))
+            # Closed on the way out, even on an error: that stops the reader (and kills a
+            # parser process) now, not when the traceback is collected.
+            with job.file, contextlib.closing(_prefetch(source)) as parsed:
                 for chunk, plan in _write_all(parsed, ctx=ctx, tags=tags):
                     for line, reason, row in chunk.rejected:
                         # The file came from elsewhere and will be opened in a spreadsheet.

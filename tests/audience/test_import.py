@@ -577,3 +577,29 @@ def test_a_parser_process_that_dies_fails_the_import_and_says_so(parse_in_child,
     job.refresh_from_db()
     assert job.status == "failed" and "running the same file again is safe" in job.error
     assert Contact.objects.count() == 0
+
+
+def test_an_import_that_fails_while_writing_stops_its_parser_process(parse_in_child, monkeypatch):
+    import subprocess
+
+    from audience.importing import jobs
+
+    children = []
+    popen = subprocess.Popen
+
+    def spawn(*args, **kwargs):
+        children.append(popen(*args, **kwargs))
+        return children[-1]
+
+    def failing_write(records, **kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("audience.importing.parsing.subprocess.Popen", spawn)
+    monkeypatch.setattr("audience.importing.parsing.CHUNK", 1)
+    monkeypatch.setattr(jobs, "import_chunk", failing_write)
+    rows = [["Email"]] + [[f"p{i}@example.com"] for i in range(200)]
+    with pytest.raises(RuntimeError, match="went away"):
+        run(csv_bytes(rows))
+    assert len(children) == 1
+    assert children[0].poll() is not None  # ended, not left parsing for nobody
+    assert ImportJob.objects.get().status == "failed"
