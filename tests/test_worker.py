@@ -3,30 +3,16 @@
 import time
 
 import pytest
-from django.db import OperationalError, transaction
+from django.db import transaction
 
 from audience import services
 from audience.models import Contact
 from audience.tasks import send_due_confirmations
 from campaigns.models import OutboxMessage
 from tests.factories import SignupFormFactory
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.worker
-
-
-def _wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except OperationalError as exc:
-            # SQLite's shared in-memory test database answers "table is locked" at once
-            # (no busy timeout) while the worker thread is writing: look again.
-            if "locked" not in str(exc):
-                raise
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -46,12 +32,12 @@ def _mails_to(email):
 
 def test_worker_sends_the_confirmation_a_signup_owes(celery_worker, outbox_backend):
     contact = _signup("worker@example.com", SignupFormFactory(double_opt_in=True))
-    assert _wait_for(lambda: _mails_to("worker@example.com").exists())
+    assert wait_for(lambda: _mails_to("worker@example.com").exists())
     message = _mails_to("worker@example.com").get()
     assert "confirm" in message.subject.lower()
     assert "/confirm/" in message.text_body
     # The debt is paid: the next sweep sends nothing more.
-    assert _wait_for(lambda: not Contact.objects.get(pk=contact.pk).confirmation_due)
+    assert wait_for(lambda: not Contact.objects.get(pk=contact.pk).confirmation_due)
     send_due_confirmations.apply().get()
     assert _mails_to("worker@example.com").count() == 1
 
@@ -68,7 +54,7 @@ def test_signups_in_a_rolled_back_transaction_send_nothing(celery_worker, outbox
 
     with transaction.atomic():
         _signup("marker@example.com", form)
-    assert _wait_for(lambda: _mails_to("marker@example.com").exists())
+    assert wait_for(lambda: _mails_to("marker@example.com").exists())
     send_due_confirmations.apply().get()  # a sweep after both
     assert not Contact.objects.filter(email="ghost@example.com").exists()
     assert not _mails_to("ghost@example.com").exists()
@@ -82,7 +68,7 @@ def test_a_burst_of_signups_shares_one_task_and_everyone_gets_one_mail(
     emails = [f"burst{i}@example.com" for i in range(20)]
     for email in emails:
         _signup(email, form)
-    assert _wait_for(lambda: OutboxMessage.objects.filter(to__in=emails).count() == 20)
+    assert wait_for(lambda: OutboxMessage.objects.filter(to__in=emails).count() == 20)
     time.sleep(1.5)  # any late task has run by now
     assert sorted(OutboxMessage.objects.filter(to__in=emails).values_list("to", flat=True)) == (
         sorted(emails)
@@ -93,7 +79,7 @@ def test_a_burst_of_signups_shares_one_task_and_everyone_gets_one_mail(
 def test_the_sweep_sends_mail_whose_task_was_lost(celery_worker, outbox_backend):
     form = SignupFormFactory(double_opt_in=True)
     contact = _signup("lost@example.com", form)
-    assert _wait_for(lambda: _mails_to("lost@example.com").exists())
+    assert wait_for(lambda: _mails_to("lost@example.com").exists())
     # As if the web process died between commit and queueing the task: owed, not queued.
     Contact.objects.filter(pk=contact.pk).update(confirmation_due=True)
     OutboxMessage.objects.all().delete()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,11 @@ from audience import snippets
 from audience.models import ConsentEvent, Contact
 from audience.tokens import contact_url
 from tests.browser.conftest import shop_page
+from tests.polling import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CONFIRM_LINK = re.compile(r"https?://\S+/confirm/[^/\s]+/")
-
-
-def _wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _expect():
@@ -88,7 +79,7 @@ def test_script_embed_signup_confirm_link_and_one_click_unsubscribe(
     assert event.user_agent == page.evaluate("navigator.userAgent")
 
     # The real worker sends the double opt-in mail after the signup committed.
-    assert _wait_for(lambda: len(mailoutbox) == 1), "no confirmation email arrived"
+    assert wait_for(lambda: len(mailoutbox) == 1), "no confirmation email arrived"
     message = mailoutbox[0]
     assert message.to == ["zoe.example@example.com"]
     link = CONFIRM_LINK.search(message.body)
