@@ -289,6 +289,10 @@ class ImportJob(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Last sign of life of a queued or running import: set when it is queued, claimed and
+    # at each progress save. A job silent for too long has lost its worker and is resumed
+    # (audience.importing.jobs_resume_stalled).
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

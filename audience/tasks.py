@@ -35,6 +35,14 @@ def run_import(job_id: int) -> None:
 
 
 @shared_task
+def resume_stalled_imports() -> list[int]:
+    """Beat, every minute: queue again the imports whose worker stopped mid-run."""
+    from audience.importing import jobs_resume_stalled
+
+    return jobs_resume_stalled()
+
+
+@shared_task
 def import_send_confirmations(contact_ids: list[int]) -> None:
     """Queued by versions before imports owed the mail in their own transaction: owe it
     now, so messages still in the broker during an upgrade are not lost."""

@@ -192,6 +192,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audience.tasks.send_due_confirmations",
         "schedule": 60.0,
     },
+    # Imports whose worker stopped mid-run are queued again (audience.importing).
+    "audience-resume-stalled-imports": {
+        "task": "audience.tasks.resume_stalled_imports",
+        "schedule": 60.0,
+    },
     "campaigns-start-due": {
         "task": "campaigns.tasks.start_due_campaigns",
         "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),

@@ -11,6 +11,7 @@ from audience.importing.jobs import (
     job_requeue,
     job_sample,
     job_start,
+    jobs_resume_stalled,
     run_job,
 )
 from audience.importing.profiles import TARGETS
@@ -30,5 +31,6 @@ __all__ = [
     "job_requeue",
     "job_sample",
     "job_start",
+    "jobs_resume_stalled",
     "run_job",
 ]

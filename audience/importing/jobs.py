@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import logging
 import queue
@@ -27,6 +28,7 @@ from typing import BinaryIO
 from django.conf import settings
 from django.core.files import File
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audience.exporting import neutralise
@@ -300,7 +302,10 @@ def job_start(
         job.options = clean_options(options)
     with transaction.atomic():
         claimed = ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.UPLOADED).update(
-            status=ImportJob.Status.QUEUED, mapping=job.mapping, options=job.options
+            status=ImportJob.Status.QUEUED,
+            mapping=job.mapping,
+            options=job.options,
+            heartbeat_at=timezone.now(),
         )
         if claimed and dispatch:
             from audience.tasks import run_import
@@ -430,11 +435,44 @@ def job_requeue(*, job: ImportJob) -> None:
     """Run a finished, failed or stuck import again; importing twice changes nothing."""
     with transaction.atomic():
         ImportJob.objects.filter(pk=job.pk).exclude(status=ImportJob.Status.UPLOADED).update(
-            status=ImportJob.Status.QUEUED, error=""
+            status=ImportJob.Status.QUEUED, error="", heartbeat_at=timezone.now()
         )
         from audience.tasks import run_import
 
         run_import.delay_on_commit(job.pk)
+
+
+# An import saves its progress every half second while it runs; one silent this long has
+# lost its worker (killed, restarted, out of memory) or its queued task.
+STALLED_AFTER = dt.timedelta(minutes=5)
+
+
+def _stalled(now: dt.datetime) -> Q:
+    active = Q(status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING])
+    silent = Q(heartbeat_at__lt=now - STALLED_AFTER) | Q(
+        heartbeat_at__isnull=True, created_at__lt=now - STALLED_AFTER  # queued before 0008
+    )
+    return active & silent
+
+
+def jobs_resume_stalled() -> list[int]:
+    """Queue again every import whose worker stopped mid-run (or whose task was lost);
+    beat runs this every minute. The rerun starts from the top, which is safe: importing
+    rows a second time changes nothing."""
+    now = timezone.now()
+    resumed = []
+    from audience.tasks import run_import
+
+    for job_id in ImportJob.objects.filter(_stalled(now)).values_list("pk", flat=True):
+        with transaction.atomic():
+            # Conditional, so two sweeps (or a sweep and a redelivered task) resume once.
+            if ImportJob.objects.filter(_stalled(now), pk=job_id).update(
+                status=ImportJob.Status.QUEUED, heartbeat_at=now
+            ):
+                log.warning("import %s stalled; queued again", job_id)
+                run_import.delay_on_commit(job_id)
+                resumed.append(job_id)
+    return resumed
 
 
 def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | None:
@@ -445,8 +483,10 @@ def run_job(job_id: int, *, progress: Progress | None = None) -> ImportJob | Non
 
 def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
     now = timezone.now()
-    claimed = ImportJob.objects.filter(pk=job_id, status=ImportJob.Status.QUEUED).update(
-        status=ImportJob.Status.RUNNING, started_at=now, rows_done=0
+    # A queued job, or one whose worker died mid-run (a task the broker delivered again).
+    claimable = Q(status=ImportJob.Status.QUEUED) | _stalled(now)
+    claimed = ImportJob.objects.filter(claimable, pk=job_id).update(
+        status=ImportJob.Status.RUNNING, started_at=now, rows_done=0, heartbeat_at=now
     )
     if not claimed:
         return None
@@ -483,7 +523,7 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
                     if time.monotonic() - last_saved > 0.5:
                         last_saved = time.monotonic()
                         ImportJob.objects.filter(pk=job.pk).update(
-                            rows_done=done, counts=dict(counts)
+                            rows_done=done, counts=dict(counts), heartbeat_at=timezone.now()
                         )
                     if progress:
                         progress(done, max(job.rows_total, done), counts)

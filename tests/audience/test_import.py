@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import openpyxl
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from audience import confirmations, importing
 from audience.models import ConsentEvent, Contact, ImportJob, SuppressedEmail, Tag
@@ -603,3 +605,49 @@ def test_an_import_that_fails_while_writing_stops_its_parser_process(parse_in_ch
     assert len(children) == 1
     assert children[0].poll() is not None  # ended, not left parsing for nobody
     assert ImportJob.objects.get().status == "failed"
+
+
+# --- an import whose worker stopped -------------------------------------------------------
+
+
+def _queued(rows) -> ImportJob:
+    data = csv_bytes(rows)
+    job = importing.job_create(f=io.BytesIO(data), name="c.csv", size=len(data))
+    return importing.job_start(job=job, options={}, dispatch=False)
+
+
+def _dies_mid_run(job: ImportJob, *, silent_for: dt.timedelta) -> None:
+    """What a worker killed mid-import leaves behind: a running job that went quiet."""
+    ImportJob.objects.filter(pk=job.pk).update(
+        status="running", rows_done=1, heartbeat_at=timezone.now() - silent_for
+    )
+
+
+def test_a_task_delivered_again_resumes_an_import_whose_worker_died():
+    job = _queued([["Email"], ["a@example.com"], ["b@example.com"]])
+    _dies_mid_run(job, silent_for=dt.timedelta(minutes=10))
+    job = importing.run_job(job.pk)  # the broker hands the unacknowledged task to a worker
+    assert (job.status, job.rows_done, job.counts["new"]) == ("done", 2, 2)
+    assert Contact.objects.count() == 2
+
+
+def test_a_running_import_that_is_alive_is_left_alone(django_capture_on_commit_callbacks):
+    job = _queued([["Email"], ["a@example.com"]])
+    _dies_mid_run(job, silent_for=dt.timedelta(seconds=30))
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert importing.jobs_resume_stalled() == []
+    assert callbacks == []
+    assert importing.run_job(job.pk) is None  # a second delivery does not run it twice
+    assert ImportJob.objects.get().status == "running" and Contact.objects.count() == 0
+
+
+def test_the_sweep_queues_a_stalled_import_once(django_capture_on_commit_callbacks):
+    job = _queued([["Email"], ["a@example.com"]])
+    _dies_mid_run(job, silent_for=dt.timedelta(minutes=10))
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert importing.jobs_resume_stalled() == [job.pk]
+        assert importing.jobs_resume_stalled() == []  # queued again: not stalled any more
+    assert len(callbacks) == 1
+    job.refresh_from_db()
+    assert job.status == "queued"
+    assert importing.run_job(job.pk).status == "done"

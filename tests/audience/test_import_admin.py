@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django.utils import timezone
 
 from audience import importing
 from audience.models import Contact, ImportJob
@@ -202,3 +204,20 @@ def test_a_finished_import_can_be_run_again_and_changes_nothing(
         {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"},
     )
     assert ImportJob.objects.count() == 0
+
+
+@pytest.mark.worker
+def test_beat_resumes_an_import_whose_worker_was_killed(celery_worker, admin_client_):
+    from audience.tasks import resume_stalled_imports
+
+    _upload(admin_client_, "klaviyo_profiles.csv")
+    job = ImportJob.objects.get()
+    importing.job_start(job=job, options={"new_status": "consent"}, dispatch=False)
+    # The worker that claimed it died after its first progress save, ten minutes ago.
+    ImportJob.objects.filter(pk=job.pk).update(
+        status="running", rows_done=1, heartbeat_at=timezone.now() - timedelta(minutes=10)
+    )
+    resume_stalled_imports.delay()  # what beat sends every minute
+    url = reverse("admin:audience_importjob_progress_json", args=[job.pk])
+    assert wait_for(lambda: admin_client_.get(url).json()["status"] == "done")
+    assert wait_for(lambda: Contact.objects.filter(status="subscribed").exists())
