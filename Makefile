@@ -30,6 +30,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## One more Celery worker, without beat: a deployment runs exactly one
+## `celery -A config beat` (`make run` already runs a worker with beat).
 worker: $(STAMP)
 	$(BIN)/celery -A config worker --loglevel INFO
 
