@@ -182,7 +182,7 @@ def _pg_xml_cell(expr: str) -> str:
     escaped = (
         f"regexp_replace({escaped}, '[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]', '', 'g')"
     )
-    text = f"CASE WHEN {expr} ~ '[&<>\\\\[:cntrl:]]' THEN {escaped} ELSE {expr} END"
+    text = f"CASE WHEN {expr} ~ '[&<>\\\\[:cntrl:]\\ufffe\\uffff]' THEN {escaped} ELSE {expr} END"
     return (
         f"CASE WHEN {expr} = '' THEN '<c/>' ELSE "
         f"'<c t=\"inlineStr\"><is><t xml:space=\"preserve\">' || {text} || '</t></is></c>' END"

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,37 +315,36 @@ def job_start(
     return job
 
 
-def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
+def _prefetch(source: Iterable, depth: int = 2) -> Iterator:
     """Take the next chunks (parsed here, or received from the parser process) in a
     thread while this one is written; at most ``depth`` chunks wait in memory."""
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    iterator = iter(source)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
-            feed()
+            for item in iterator:
+                if not put(("item", item)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(("error", exc))
+            return
         finally:
-            # Stopped early (the import failed): end the source now, here, so a parser
-            # process is killed at once instead of whenever the generator is collected.
+            # Stopped early (the import failed): end the source here and now.
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-
-    def feed() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        slots.put(("item", item), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as exc:  # handed to the consumer, which raises it
-            slots.put(("error", exc))
-            return
-        slots.put(("done", None))
+        put(("done", None))
 
     thread = threading.Thread(target=produce, name="import-reader", daemon=True)
     thread.start()
@@ -359,6 +358,10 @@ def _prefetch(iterator: Iterator, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        # A parser process is stopped from here: the reader thread may be waiting on it.
+        abort = getattr(source, "abort", None)
+        if abort is not None:
+            abort()
         thread.join(timeout=10)
 
 
@@ -450,7 +453,8 @@ STALLED_AFTER = dt.timedelta(minutes=5)
 def _stalled(now: dt.datetime) -> Q:
     active = Q(status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING])
     silent = Q(heartbeat_at__lt=now - STALLED_AFTER) | Q(
-        heartbeat_at__isnull=True, created_at__lt=now - STALLED_AFTER  # queued before 0008
+        heartbeat_at__isnull=True,
+        created_at__lt=now - STALLED_AFTER,  # queued before 0008
     )
     return active & silent
 

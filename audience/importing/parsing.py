@@ -4,7 +4,7 @@ Reading and parsing a row (the csv module, email and phone validation, the conse
 signal) is pure Python, and it was half of a large import's Python time; the other half
 (planning and writing chunks) runs in the import's own process, which the GIL lets use
 one core at a time. A large file is therefore parsed by a child process, started with
-``python -c …`` (see ``_CHILD``): it reads the file and sends each chunk of
+``python -m audience.parse_child``: it reads the file and sends each chunk of
 records back over a pipe while the parent writes the previous ones, so the two halves
 use two cores. A small file (tests, the usual upload) is parsed in-process, where the
 child's start-up (Django's, about half a second) would cost more than it saves.
@@ -22,18 +22,18 @@ import json
 import operator
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
 from audience.importing.reading import BadRow, Detected, ImportFileError, Reader
 from audience.importing.rows import Record, RowError, RowParser
+from audience.parse_child import HEAD, send
 
 # Rows per chunk: each is planned and written in one transaction.
 CHUNK = 10_000
@@ -42,12 +42,8 @@ CHILD_MIN_BYTES = 4 * 1024 * 1024
 
 _RECORD_FIELDS = tuple(f.name for f in fields(Record))
 _pack = operator.attrgetter(*_RECORD_FIELDS)  # a record as a plain tuple: cheap to pickle
-_HEAD = struct.Struct("!Q")
-# The child's program. Django is set up first: the app's modules need it, and the
-# validators read settings (the phone number's default region).
-_CHILD = (
-    "import django; django.setup(); from audience.importing import parsing; parsing.child_main()"
-)
+# The most a message from the child may claim to be: a chunk of CHUNK rows is a few MB.
+_MAX_MESSAGE = 1 << 30
 
 
 _gc_lock = threading.Lock()
@@ -159,66 +155,87 @@ def chunks(f: BinaryIO, spec: ParserSpec, *, chunk_rows: int = 0) -> Iterator[Ch
             yield Chunk(list(chunk.values()), consumed, merged, rejected)
 
 
-def file_chunks(f: BinaryIO, spec: ParserSpec, *, size: int, path: str | None) -> Iterator[Chunk]:
+def file_chunks(f: BinaryIO, spec: ParserSpec, *, size: int, path: str | None) -> Iterable[Chunk]:
     """Chunks of a stored upload: parsed by a child process when the file is large and
     on local disk (``path``), in this process otherwise."""
     if size < CHILD_MIN_BYTES or not path or not os.path.isfile(path):
-        yield from chunks(f, spec)
-        return
-    yield from child_chunks(path, spec)
+        return chunks(f, spec)
+    return ChildChunks(path, spec)
 
 
-def child_chunks(path: str, spec: ParserSpec) -> Iterator[Chunk]:
-    """Parse the file at ``path`` in a child process; yield its chunks as they come."""
-    from django.conf import settings
+class ChildChunks:
+    """The chunks of the file at ``path``, parsed in a child process as they are read.
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(settings.BASE_DIR), *sys.path])}
-    child = subprocess.Popen(  # noqa: S603 (our own interpreter and program)
-        [sys.executable, "-c", _CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        child.stdin.write(json.dumps(_spec_json(path, spec)).encode())
-        child.stdin.close()
-        while True:
-            kind, body = _receive(child.stdout)
-            if kind == "chunk":
-                records, consumed, merged, rejected = body
-                yield Chunk([Record(*r) for r in records], consumed, merged, rejected)
-            elif kind == "file_error":
-                raise ImportFileError(body)
-            elif kind == "crash":
-                raise RuntimeError(f"the import's parser process failed:\n{body}")
-            else:
-                return
-    finally:
-        if child.poll() is None:
+    Iterate it from one thread; ``abort()`` may be called from any other, and ends the
+    child at once (the iterating thread then sees the end of its output)."""
+
+    def __init__(self, path: str, spec: ParserSpec) -> None:
+        self.path = path
+        self.spec = spec
+        self._child: subprocess.Popen | None = None
+        self._aborted = False
+
+    def abort(self) -> None:
+        self._aborted = True
+        child = self._child
+        if child is not None and child.poll() is None:
             child.kill()
-        child.stdout.close()
-        child.wait()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        from django.conf import settings
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(settings.BASE_DIR), *sys.path])}
+        # The settings module, as Django found it (the one setting the child uses that
+        # might be overridden in this process, the phone region, travels in the spec).
+        env.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE or "config.settings")
+        child = self._child = subprocess.Popen(
+            [sys.executable, "-m", "audience.parse_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            try:
+                child.stdin.write(json.dumps(_spec_json(self.path, self.spec)).encode())
+                child.stdin.close()
+            except BrokenPipeError:
+                pass  # it ended before reading: what it said (or not) is read below
+            while not self._aborted:
+                kind, body = _receive(child.stdout)
+                if kind == "chunk":
+                    records, consumed, merged, rejected = body
+                    yield Chunk([Record(*r) for r in records], consumed, merged, rejected)
+                elif kind == "file_error":
+                    raise ImportFileError(body)
+                elif kind == "crash":
+                    raise RuntimeError(f"the import's parser process failed:\n{body}")
+                else:
+                    return
+        finally:
+            if child.poll() is None:
+                child.kill()
+            if not child.stdin.closed:
+                child.stdin.close()
+            child.stdout.close()
+            child.wait()
 
 
 def _receive(stream) -> tuple[str, object]:
-    head = stream.read(_HEAD.size)
-    if len(head) < _HEAD.size:
+    head = stream.read(HEAD.size)
+    if len(head) < HEAD.size:
         return "crash", "it ended without a word (killed, or out of memory?)"
-    (length,) = _HEAD.unpack(head)
+    (length,) = HEAD.unpack(head)
+    if length > _MAX_MESSAGE:
+        return "crash", "its output is not what it should be"
     body = stream.read(length)
     if len(body) < length:
         return "crash", "its output was cut short"
     return pickle.loads(body)  # noqa: S301 (our own child, over its own pipe)
 
 
-def _send(stream, kind: str, body: object) -> None:
-    data = pickle.dumps((kind, body), protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEAD.pack(len(data)))
-    stream.write(data)
-    stream.flush()
-
-
 def _spec_json(path: str, spec: ParserSpec) -> dict:
+    from django.conf import settings
+
     d = spec.detected
     return {
         "path": path,
@@ -227,27 +244,36 @@ def _spec_json(path: str, spec: ParserSpec) -> dict:
         "mapping": spec.mapping,
         "tag_style": spec.tag_style,
         "chunk_rows": CHUNK,
+        # What the parent's code means by a record and a phone number; a worker started
+        # before a deploy must not read records from a child running the new code.
+        "record_fields": list(_RECORD_FIELDS),
+        "phone_region": settings.PHONE_DEFAULT_REGION,
     }
 
 
-def child_main() -> None:
-    """The child process: a spec on stdin, chunks of records on stdout."""
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing else may write into the pipe
+def child_main(out) -> None:
+    """The child process (see audience.parse_child): a spec on stdin, chunks on ``out``."""
+    from django.conf import settings
+
     try:
         raw = json.loads(sys.stdin.buffer.read())
+        if raw["record_fields"] != list(_RECORD_FIELDS):
+            raise RuntimeError(
+                "the worker runs other code than the files on disk: restart the workers"
+            )
+        settings.PHONE_DEFAULT_REGION = raw["phone_region"]
         spec = ParserSpec(Detected(*raw["detected"]), raw["header"], raw["mapping"],
                           raw["tag_style"])  # fmt: skip
         with few_collections(), Path(raw["path"]).open("rb") as f:
             for chunk in chunks(f, spec, chunk_rows=raw["chunk_rows"]):
                 body = ([_pack(r) for r in chunk.records], chunk.consumed, chunk.merged,
                         chunk.rejected)  # fmt: skip
-                _send(out, "chunk", body)
+                send(out, "chunk", body)
     except ImportFileError as exc:
-        _send(out, "file_error", str(exc))
+        send(out, "file_error", str(exc))
     except BrokenPipeError:
         return  # the parent stopped reading: it has failed or been cancelled
     except BaseException:
-        _send(out, "crash", traceback.format_exc())
+        send(out, "crash", traceback.format_exc())
     else:
-        _send(out, "done", None)
+        send(out, "done", None)

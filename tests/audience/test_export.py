@@ -76,6 +76,7 @@ def test_xlsx_export_opens_in_a_spreadsheet_with_neutralised_cells():
     ContactFactory(email="x@example.com", first_name="=1+1", last_name="Ünal \x01")
     ContactFactory(email="y@example.com", first_name="Tom & <Jerry>", last_name="a\tb")
     ContactFactory(email="z@example.com", first_name="C:\\Users\\zoe", last_name="two\nlines")
+    ContactFactory(email="w@example.com", first_name="non\ufffechar", last_name="\uffff")
     body = b"".join(exporting.stream_xlsx(Contact.objects.all()))
     sheet = openpyxl.load_workbook(io.BytesIO(body), read_only=True).worksheets[0]
     rows = [[c or "" for c in row] for row in sheet.iter_rows(values_only=True)]
@@ -83,7 +84,8 @@ def test_xlsx_export_opens_in_a_spreadsheet_with_neutralised_cells():
     assert rows[1][:3] == ["x@example.com", "'=1+1", "Ünal "]
     assert rows[2][:3] == ["y@example.com", "Tom & <Jerry>", "a\tb"]
     assert rows[3][:3] == ["z@example.com", "C:\\Users\\zoe", "two\nlines"]
-    assert [r[4] for r in rows[1:]] == ["subscribed"] * 3 and len(rows) == 4
+    assert rows[4][:3] == ["w@example.com", "nonchar", ""]  # not XML: left out
+    assert [r[4] for r in rows[1:]] == ["subscribed"] * 4 and len(rows) == 5
 
 
 def test_export_streams_in_batches(monkeypatch):

@@ -511,14 +511,14 @@ def parse_in_child(monkeypatch):
     from audience.importing import parsing
 
     parsed = []
-    child_chunks = parsing.child_chunks
 
-    def spy(path, spec):
-        parsed.append(path)
-        yield from child_chunks(path, spec)
+    class Spied(parsing.ChildChunks):
+        def __iter__(self):
+            parsed.append(self.path)
+            return super().__iter__()
 
     monkeypatch.setattr(parsing, "CHILD_MIN_BYTES", 0)
-    monkeypatch.setattr(parsing, "child_chunks", spy)
+    monkeypatch.setattr(parsing, "ChildChunks", Spied)
     return parsed
 
 
@@ -651,3 +651,10 @@ def test_the_sweep_queues_a_stalled_import_once(django_capture_on_commit_callbac
     job.refresh_from_db()
     assert job.status == "queued"
     assert importing.run_job(job.pk).status == "done"
+
+
+def test_the_parser_process_uses_this_process_s_phone_region(parse_in_child, settings):
+    settings.PHONE_DEFAULT_REGION = "GB"
+    job = run(csv_bytes([["Email", "Phone"], ["uk@example.com", "020 7946 0958"]]))
+    assert len(parse_in_child) == 1
+    assert (job.status, contact("uk@example.com").phone) == ("done", "+442079460958")
