@@ -445,9 +445,10 @@ def job_requeue(*, job: ImportJob) -> None:
         run_import.delay_on_commit(job.pk)
 
 
-# An import saves its progress every half second while it runs; one silent this long has
-# lost its worker (killed, restarted, out of memory) or its queued task.
+# A running import says it is alive every HEARTBEAT_SECONDS (and with each progress save);
+# one silent this long has lost its worker (killed, restarted, out of memory) or its task.
 STALLED_AFTER = dt.timedelta(minutes=5)
+HEARTBEAT_SECONDS = 30.0
 
 
 def _stalled(now: dt.datetime) -> Q:
@@ -495,6 +496,52 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
     if not claimed:
         return None
     job = ImportJob.objects.select_related("created_by").get(pk=job_id)
+    try:
+        with _heartbeat(job):
+            return _run_claimed(job, progress=progress)
+    except _Superseded:
+        log.warning("import %s was resumed by another worker; this run stops", job.pk)
+        job.refresh_from_db()
+        return job
+
+
+class _Superseded(Exception):
+    """The job was resumed elsewhere while this run was thought dead: stop writing."""
+
+
+def _this_run(job: ImportJob):
+    # started_at is set by each claim: it tells this run from a resumed one.
+    return ImportJob.objects.filter(pk=job.pk, started_at=job.started_at)
+
+
+@contextlib.contextmanager
+def _heartbeat(job: ImportJob) -> Iterator[None]:
+    """Tell the sweep this run is alive every HEARTBEAT_SECONDS, whatever it is doing (a
+    chunk waiting on a lock, a slow spreadsheet), not only when a chunk is done."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    _this_run(job).filter(status=ImportJob.Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:
+                    log.exception("import %s: heartbeat not saved", job.pk)
+        finally:
+            connection.close()  # this thread's own
+
+    thread = threading.Thread(target=beat, name="import-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
     counts: Counter = Counter()
     done = 0
     rejected_count = 0
@@ -526,14 +573,17 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
                     done += chunk.consumed
                     if time.monotonic() - last_saved > 0.5:
                         last_saved = time.monotonic()
-                        ImportJob.objects.filter(pk=job.pk).update(
+                        if not _this_run(job).update(
                             rows_done=done, counts=dict(counts), heartbeat_at=timezone.now()
-                        )
+                        ):
+                            raise _Superseded
                     if progress:
                         progress(done, max(job.rows_total, done), counts)
             counts["invalid"] = rejected_count
         except ImportFileError as exc:
             return _finish(job, ImportJob.Status.FAILED, done, counts, error=str(exc))
+        except _Superseded:
+            raise
         except Exception:
             log.exception("import %s failed", job.pk)
             _finish(job, ImportJob.Status.FAILED, done, counts,
@@ -544,13 +594,13 @@ def _run_job(job_id: int, *, progress: Progress | None) -> ImportJob | None:
             rejected.flush()
             raw.seek(0)
             job.rejected.save(f"rejected-{job.pk}.csv", File(raw), save=False)
-            ImportJob.objects.filter(pk=job.pk).update(rejected=job.rejected.name)
+            _this_run(job).update(rejected=job.rejected.name)
         rejected.detach()
     return _finish(job, ImportJob.Status.DONE, done, counts)
 
 
 def _finish(job: ImportJob, status: str, done: int, counts: Counter, error: str = "") -> ImportJob:
-    ImportJob.objects.filter(pk=job.pk).update(
+    _this_run(job).update(
         status=status,
         rows_done=done,
         counts=dict(counts),

@@ -6,6 +6,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import time
 from pathlib import Path
 
 import openpyxl
@@ -658,3 +659,37 @@ def test_the_parser_process_uses_this_process_s_phone_region(parse_in_child, set
     job = run(csv_bytes([["Email", "Phone"], ["uk@example.com", "020 7946 0958"]]))
     assert len(parse_in_child) == 1
     assert (job.status, contact("uk@example.com").phone) == ("done", "+442079460958")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_busy_on_one_chunk_still_says_it_is_alive(monkeypatch):
+    from audience.importing import jobs
+
+    job = _queued([["Email"], ["a@example.com"]])
+    ImportJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - dt.timedelta(hours=1))
+    write = jobs.import_chunk
+    beats = []
+
+    def slow_write(records, **kwargs):  # a chunk waiting on a lock, say
+        time.sleep(0.5)
+        beats.append(ImportJob.objects.get(pk=job.pk).heartbeat_at)
+        return write(records, **kwargs)
+
+    monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(jobs, "import_chunk", slow_write)
+    assert importing.run_job(job.pk).status == "done"
+    assert beats[0] > timezone.now() - dt.timedelta(seconds=5)  # beaten during the chunk
+    assert importing.jobs_resume_stalled() == []
+
+
+def test_a_run_resumed_elsewhere_does_not_overwrite_the_new_run(monkeypatch):
+    job = _queued([["Email"], ["a@example.com"], ["b@example.com"]])
+    monkeypatch.setattr("audience.importing.parsing.CHUNK", 1)
+    resumed_at = timezone.now() + dt.timedelta(seconds=1)
+
+    def resumed_elsewhere(done, total, counts):
+        # This run was thought dead and another worker claimed the job.
+        ImportJob.objects.filter(pk=job.pk).update(started_at=resumed_at, rows_done=0)
+
+    job = importing.run_job(job.pk, progress=resumed_elsewhere)
+    assert (job.status, job.started_at, job.rows_done) == ("running", resumed_at, 0)
