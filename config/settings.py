@@ -344,6 +344,8 @@ CLIENT_IP_HEADER = env_str("CLIENT_IP_HEADER", "REMOTE_ADDR")
 
 # Largest file the contact import accepts (admin upload and manage.py import_contacts).
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 256 * 1024 * 1024, minimum=1024)
+# An import that gives no sign of life for this long lost its worker and is resumed.
+IMPORT_STALL_SECONDS = env_int("IMPORT_STALL_SECONDS", 300, minimum=2)
 
 if PHONE_DEFAULT_REGION not in phonenumbers.SUPPORTED_REGIONS:
     raise ImproperlyConfigured(

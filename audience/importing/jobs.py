@@ -445,17 +445,18 @@ def job_requeue(*, job: ImportJob) -> None:
         run_import.delay_on_commit(job.pk)
 
 
-# A running import says it is alive every HEARTBEAT_SECONDS (and with each progress save);
-# one silent this long has lost its worker (killed, restarted, out of memory) or its task.
-STALLED_AFTER = dt.timedelta(minutes=5)
-HEARTBEAT_SECONDS = 30.0
+def _heartbeat_seconds() -> float:
+    """How often a running import says it is alive (and it does with each progress save
+    too); one silent for IMPORT_STALL_SECONDS lost its worker or its task."""
+    return min(30.0, settings.IMPORT_STALL_SECONDS / 5)
 
 
 def _stalled(now: dt.datetime) -> Q:
+    silent_since = now - dt.timedelta(seconds=settings.IMPORT_STALL_SECONDS)
     active = Q(status__in=[ImportJob.Status.QUEUED, ImportJob.Status.RUNNING])
-    silent = Q(heartbeat_at__lt=now - STALLED_AFTER) | Q(
+    silent = Q(heartbeat_at__lt=silent_since) | Q(
         heartbeat_at__isnull=True,
-        created_at__lt=now - STALLED_AFTER,  # queued before 0008
+        created_at__lt=silent_since,  # queued before 0008
     )
     return active & silent
 
@@ -516,13 +517,13 @@ def _this_run(job: ImportJob):
 
 @contextlib.contextmanager
 def _heartbeat(job: ImportJob) -> Iterator[None]:
-    """Tell the sweep this run is alive every HEARTBEAT_SECONDS, whatever it is doing (a
-    chunk waiting on a lock, a slow spreadsheet), not only when a chunk is done."""
+    """Tell the sweep this run is alive every few seconds, whatever it is doing (a chunk
+    waiting on a lock, a slow spreadsheet), not only when a chunk is done."""
     stop = threading.Event()
 
     def beat() -> None:
         try:
-            while not stop.wait(HEARTBEAT_SECONDS):
+            while not stop.wait(_heartbeat_seconds()):
                 try:
                     _this_run(job).filter(status=ImportJob.Status.RUNNING).update(
                         heartbeat_at=timezone.now()

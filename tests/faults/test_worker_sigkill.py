@@ -8,39 +8,30 @@ the dead worker held.
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 
 from audience.models import Contact
 from bench.fake_esp import FakeESP
 from campaigns import ratelimit, services
 from campaigns.models import Campaign, SenderSettings
 from campaigns.tasks import sweep_stale_claims
+from tests.faults.workers import Database, start_worker, stop, wait, worker_env
 
 pytestmark = pytest.mark.worker
 
 RECIPIENTS = 5000
 CHUNK = 500
 CLAIM_TIMEOUT = 5
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _worker_env(esp: FakeESP, database_url: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=database_url,
-        STILLHERE_VAR_DIR=str(django_settings.VAR_DIR),
+    return worker_env(
+        database_url,
         EMAIL_PROVIDER="mailgun",
         EMAIL_API_KEY="key-test",
         EMAIL_API_URL=f"{esp.url}/v3",
@@ -48,64 +39,7 @@ def _worker_env(esp: FakeESP, database_url: str) -> dict:
         CAMPAIGN_CHUNK_SIZE=str(CHUNK),
         CAMPAIGN_CLAIM_TIMEOUT=str(CLAIM_TIMEOUT),
         CAMPAIGN_RETRY_BACKOFF="0.2",
-        LOG_LEVEL="WARNING",
     )
-    if django_settings.REDIS_URL:
-        env["REDIS_URL"] = django_settings.REDIS_URL
-    return env
-
-
-def _start_worker(env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo"),
-            *("--loglevel", "WARNING", "--without-gossip", "--without-mingle"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class _Database:
-    """The workers' view of the test database: PostgreSQL as is; an in-memory SQLite
-    test database is copied to a file the worker processes can open."""
-
-    def __init__(self, tmp: Path):
-        self.file = None
-        if connection.vendor == "sqlite":
-            self.file = tmp / "faults.sqlite3"
-            self.url = f"sqlite:///{self.file}"
-        else:
-            s = connection.settings_dict
-            auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-            self.url = f"postgres://{auth}@{s['HOST']}:{s['PORT'] or 5432}/{s['NAME']}"
-
-    def hand_over(self) -> None:
-        if self.file is not None:
-            connection.ensure_connection()
-            target = sqlite3.connect(self.file)
-            connection.connection.backup(target)
-            target.close()
-
-    def query(self, sql: str, campaign_id: int) -> list[tuple]:
-        if self.file is not None:
-            with sqlite3.connect(self.file, timeout=30) as db:
-                return db.execute(sql.replace("%s", "?"), [campaign_id]).fetchall()
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [campaign_id])
-            return cursor.fetchall()
 
 
 def _seed() -> list[str]:
@@ -125,15 +59,6 @@ def _seed() -> list[str]:
     return [f"r{i}@example.com" for i in range(RECIPIENTS)]
 
 
-def _wait(predicate, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
 def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional_db):
     from config.celery import app
 
@@ -141,7 +66,7 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
     ratelimit.reset()
     esp = FakeESP(record="recipients").start()
     tmp = Path(tempfile.mkdtemp(prefix="stillhere-faults-"))
-    db = _Database(tmp)
+    db = Database(tmp)
     workers: list[subprocess.Popen] = []
     try:
         expected = _seed()
@@ -153,10 +78,10 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
         db.hand_over()
         env = _worker_env(esp, db.url)
 
-        first = _start_worker(env, tmp / "worker1.log")
+        first = start_worker(env, tmp / "worker1.log")
         workers.append(first)
         # Kill it in the middle of a chunk, well into the blast.
-        assert _wait(lambda: esp.state.stats()["recipients"] >= 1250, timeout=60), (
+        assert wait(lambda: esp.state.stats()["recipients"] >= 1250, timeout=60), (
             tmp / "worker1.log"
         ).read_text()
         first.send_signal(signal.SIGKILL)
@@ -164,7 +89,7 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
         at_kill = esp.state.stats()["recipients"]
         assert at_kill < RECIPIENTS
 
-        second = _start_worker(env, tmp / "worker2.log")
+        second = start_worker(env, tmp / "worker2.log")
         workers.append(second)
 
         def finished() -> bool:
@@ -175,7 +100,7 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
             sweep_stale_claims.delay()
             return False
 
-        assert _wait(finished, timeout=80, step=2), (tmp / "worker2.log").read_text()
+        assert wait(finished, timeout=80, step=2), (tmp / "worker2.log").read_text()
 
         stats = esp.state.stats()
         received = esp.state.recipients
@@ -200,5 +125,5 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
         assert open_rows == [(0,)]
     finally:
         for proc in workers:
-            _stop(proc)
+            stop(proc)
         esp.stop()
