@@ -123,12 +123,16 @@ def _pg_select(queryset: QuerySet[Contact]) -> tuple[str, tuple]:
         )
         joins = ""
     else:
-        # Everyone: one hash join over all tag links is ~3x faster than a lookup per row.
+        # Everyone: one join over all tag links is ~3x faster than a lookup per row. The
+        # links arrive sorted, so each contact's tags are aggregated in that order: an
+        # ORDER BY inside string_agg sorted each contact's few tags separately, a third
+        # of the export's time (PostgreSQL keeps the input order of a plain aggregate).
         tags = "tg.tags"
         joins = (
-            f" LEFT JOIN (SELECT ct.contact_id, {agg} AS tags FROM {through} ct "  # noqa: S608
-            f"JOIN {tag} t ON t.id = ct.tag_id GROUP BY ct.contact_id) tg "
-            "ON tg.contact_id = c.id"
+            " LEFT JOIN (SELECT s.contact_id, string_agg(s.name, ', ') AS tags FROM "  # noqa: S608
+            f"(SELECT ct.contact_id, t.name FROM {through} ct JOIN {tag} t "
+            "ON t.id = ct.tag_id ORDER BY ct.contact_id, lower(t.name), t.id) s "
+            "GROUP BY s.contact_id) tg ON tg.contact_id = c.id"
         )
     columns = [
         _pg_neutral("c.email"), _pg_neutral("c.first_name"), _pg_neutral("c.last_name"),
@@ -175,14 +179,13 @@ _PG_XML_ESCAPES = (
 _PG_SAFE_COLUMNS = {4, 6, 7, 8, 9}  # status, source and timestamps: our own vocabulary
 
 
-def _pg_xml_cell(expr: str) -> str:
-    escaped = expr
+def _pg_xml_escaped(expr: str) -> str:
     for char, ref in _PG_XML_ESCAPES:
-        escaped = f"replace({escaped}, '{char}', '{ref}')"
-    escaped = (
-        f"regexp_replace({escaped}, '[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]', '', 'g')"
-    )
-    text = f"CASE WHEN {expr} ~ '[&<>\\\\[:cntrl:]\\ufffe\\uffff]' THEN {escaped} ELSE {expr} END"
+        expr = f"replace({expr}, '{char}', '{ref}')"
+    return f"regexp_replace({expr}, '[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f\\ufffe\\uffff]', '', 'g')"
+
+
+def _pg_xml_cell(expr: str, text: str) -> str:
     return (
         f"CASE WHEN {expr} = '' THEN '<c/>' ELSE "
         f"'<c t=\"inlineStr\"><is><t xml:space=\"preserve\">' || {text} || '</t></is></c>' END"
@@ -192,16 +195,20 @@ def _pg_xml_cell(expr: str) -> str:
 def _pg_stream_xlsx_rows(queryset: QuerySet[Contact]) -> Iterator[bytes]:
     sql, params = _pg_select(queryset)
     names = [f"c{i}" for i in range(len(COLUMNS))]
-    cells = [
-        f"CASE WHEN {n} = '' THEN '<c/>' ELSE '<c t=\"inlineStr\"><is><t>' || {n} || "
-        "'</t></is></c>' END"
-        if i in _PG_SAFE_COLUMNS
-        else _pg_xml_cell(n)
-        for i, n in enumerate(names)
-    ]
+    free = [n for i, n in enumerate(names) if i not in _PG_SAFE_COLUMNS]
+
+    def row(escape: bool) -> str:
+        cells = [_pg_xml_cell(n, _pg_xml_escaped(n) if escape and n in free else n) for n in names]
+        return " || ".join(["'<row>'", *cells, "'</row>'"])
+
+    # One pattern match a row, on its free-text cells together: almost no row needs
+    # escaping, and matching each cell separately was a third of the export's time.
+    special = f"({' || '.join(free)}) ~ '[&<>\\\\[:cntrl:]\\ufffe\\uffff]'"
+    xml = (
+        f"SELECT CASE WHEN {special} THEN {row(True)} ELSE {row(False)} END "  # noqa: S608
+        f"FROM ({sql}) AS s({', '.join(names)})"
+    )
     # The subquery's ORDER BY holds: the outer query only projects its rows.
-    row = " || ".join(["'<row>'", *cells, "'</row>'"])
-    xml = f"SELECT {row} FROM ({sql}) AS s({', '.join(names)})"  # noqa: S608 (our own SQL)
     yield from _copy_out(f"COPY ({xml}) TO STDOUT", params)
 
 

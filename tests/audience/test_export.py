@@ -178,3 +178,13 @@ def test_export_contacts_command(tmp_path):
     call_command("export_contacts", "-o", str(xlsx))
     sheet = openpyxl.load_workbook(xlsx, read_only=True).worksheets[0]
     assert sum(1 for _ in sheet.iter_rows()) == 3
+
+
+def test_each_contact_s_tags_are_listed_by_name_whatever_their_age():
+    zeta, alpha, beta = (TagFactory(name=n) for n in ("zeta", "Alpha", "beta"))
+    ContactFactory(email="t@example.com").tags.add(zeta, beta, alpha)
+    ContactFactory(email="u@example.com").tags.add(beta)
+    everyone = _csv(b"".join(exporting.stream_csv(Contact.objects.all())))
+    selection = _csv(b"".join(exporting.stream_csv(Contact.objects.filter(email="t@example.com"))))
+    assert [r[5] for r in everyone[1:]] == ["Alpha, beta, zeta", "beta"]
+    assert [r[5] for r in selection[1:]] == ["Alpha, beta, zeta"]
