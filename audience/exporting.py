@@ -176,7 +176,8 @@ _PG_XML_ESCAPES = (
     ("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\\", "&#92;"),
     ("' || chr(9) || '", "&#9;"), ("' || chr(10) || '", "&#10;"), ("' || chr(13) || '", "&#13;"),
 )  # fmt: skip
-_PG_SAFE_COLUMNS = {4, 6, 7, 8, 9}  # status, source and timestamps: our own vocabulary
+# Cells that never need escaping: our own vocabulary and timestamps.
+_PG_SAFE_COLUMNS = {"status", "source", "created_at", "confirmed_at", "unsubscribed_at"}
 
 
 def _pg_xml_escaped(expr: str) -> str:
@@ -195,7 +196,7 @@ def _pg_xml_cell(expr: str, text: str) -> str:
 def _pg_stream_xlsx_rows(queryset: QuerySet[Contact]) -> Iterator[bytes]:
     sql, params = _pg_select(queryset)
     names = [f"c{i}" for i in range(len(COLUMNS))]
-    free = [n for i, n in enumerate(names) if i not in _PG_SAFE_COLUMNS]
+    free = [n for n, column in zip(names, COLUMNS, strict=True) if column not in _PG_SAFE_COLUMNS]
 
     def row(escape: bool) -> str:
         cells = [_pg_xml_cell(n, _pg_xml_escaped(n) if escape and n in free else n) for n in names]

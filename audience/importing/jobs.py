@@ -189,6 +189,10 @@ def _context(job: ImportJob, *, actor: str = "") -> ImportContext:
     )
 
 
+def _detected(job: ImportJob) -> Detected:
+    return Detected(job.file_format, job.encoding, job.delimiter)
+
+
 def _local_path(job: ImportJob) -> str | None:
     try:
         return job.file.path
@@ -199,7 +203,7 @@ def _local_path(job: ImportJob) -> str | None:
 def _spec(job: ImportJob) -> ParserSpec:
     profile = BY_KEY.get(job.profile, GENERIC)
     spec = ParserSpec(
-        Detected(job.file_format, job.encoding, job.delimiter),
+        _detected(job),
         job.columns,
         job.mapping,
         profile.tag_style,
@@ -213,9 +217,8 @@ def _spec(job: ImportJob) -> ParserSpec:
 
 def job_sample(job: ImportJob, *, n: int = 3) -> list[list[str]]:
     """The first few data rows, raw, to show next to the column mapping."""
-    detected = Detected(job.file_format, job.encoding, job.delimiter)
     out: list[list[str]] = []
-    with job.file.open("rb") as f, Reader(f, detected) as reader:
+    with job.file.open("rb") as f, Reader(f, _detected(job)) as reader:
         _, _, rows = header_and_rows(reader)
         for row in rows:
             if not isinstance(row, BadRow) and has_content(row):
