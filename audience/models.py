@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 
 class Tag(models.Model):
@@ -208,7 +209,8 @@ class ConsentEvent(models.Model):
         Contact, on_delete=models.CASCADE, related_name="consent_events", db_constraint=False
     )
     # Not indexed: events are read per contact (the timeline), through the contact index.
-    created_at = models.DateTimeField(auto_now_add=True)
+    # A default, not auto_now_add: a buffered signup's event keeps the signup's own time.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     kind = models.CharField(max_length=12, choices=Kind.choices)
     method = models.CharField(
         max_length=40,
@@ -299,3 +301,21 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"Import {self.pk}: {self.original_name}"
+
+
+class SignupBufferCursor(models.Model):
+    """How far the signup buffer (a Redis stream, audience.intake) has been drained.
+
+    The drain moves a batch of entries into contacts and advances `last_id` in the same
+    transaction, so a drain that dies anywhere is neither lost nor repeated: the next
+    one starts after the last committed entry (a Kafka consumer's offset, kept in the
+    database it writes to).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    last_id = models.CharField(max_length=40, blank=True, help_text="Redis stream entry id")
+    drained = models.BigIntegerField(default=0, help_text="Signups moved in, all time")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_id or 'start'}"

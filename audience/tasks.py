@@ -16,6 +16,16 @@ def send_due_confirmations() -> int:
 
 
 @shared_task
+def drain_signups() -> int:
+    """Move buffered signups into contacts (audience.intake): queued by the signup that
+    finds no drain on its way, and by beat every minute as the sweep. Safe to run twice,
+    and on many workers at once: drains take turns, and each moves what is left."""
+    from audience import intake
+
+    return intake.drain()
+
+
+@shared_task
 def send_confirmation(contact_id: int) -> None:
     """Queued by versions before Contact.confirmation_due (one task per signup): owe the
     mail instead, so messages still in the broker during an upgrade are not lost."""

@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from audience import selectors, services, snippets, throttle
+from audience import intake, selectors, services, snippets, throttle
 from audience.forms import PreferencesForm, PublicSignupForm
 from audience.models import SignupForm
 from audience.tokens import contact_url, read_token
@@ -64,13 +64,11 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _rate_limited(request: HttpRequest, key: str) -> bool:
-    return throttle.over_limit(
-        [
-            (f"signup-ip:{_client_ip(request) or 'unknown'}", settings.SIGNUP_RATE_PER_IP),
-            (f"signup-form:{key}", settings.SIGNUP_RATE_PER_FORM),
-        ]
-    )
+def _signup_limits(request: HttpRequest, key: str) -> list[tuple[str, str]]:
+    return [
+        (f"signup-ip:{_client_ip(request) or 'unknown'}", settings.SIGNUP_RATE_PER_IP),
+        (f"signup-form:{key}", settings.SIGNUP_RATE_PER_FORM),
+    ]
 
 
 def _frameable(response: HttpResponse, signup_form: SignupForm) -> HttpResponse:
@@ -122,29 +120,35 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
         length = settings.SIGNUP_MAX_BYTES + 1
     if length > settings.SIGNUP_MAX_BYTES:
         return _error(request, signup_form, cors_origin, 413, "The submission is too large.")
-    if _rate_limited(request, key):
-        return _error(
-            request, signup_form, cors_origin, 429, "Too many signups right now; try again soon."
-        )
-
     form = PublicSignupForm(request.POST, signup_form=signup_form)
+    limits = _signup_limits(request, key)
+    too_many = "Too many signups right now; try again soon."
+    # Bots and bad input count against the limits too; a good signup is counted by
+    # intake.signup in the same round trip that takes it.
     if form.is_bot(require_stamp=_wants_json(request)):
+        if throttle.over_limit(limits):
+            return _error(request, signup_form, cors_origin, 429, too_many)
         # Answer as if it worked: a bot learns nothing, and stores nothing.
         return _success(request, signup_form, cors_origin)
     if form.stamp_expired():
         form.add_error(None, "This form has expired. Please reload the page and try again.")
     if not form.is_valid():
+        if throttle.over_limit(limits):
+            return _error(request, signup_form, cors_origin, 429, too_many)
         return _error(request, signup_form, cors_origin, 422, "", form=form)
     data = form.cleaned_data
     method = "form-script" if _wants_json(request) else "form-html"
-    services.contact_subscribe(
+    taken = intake.signup(
         form=signup_form,
         email=data["email"],
         first_name=data.get("first_name", ""),
         last_name=data.get("last_name", ""),
         phone=data.get("phone", ""),
         evidence=_evidence(request, method),
+        limits=limits,
     )
+    if not taken:
+        return _error(request, signup_form, cors_origin, 429, too_many)
     return _success(request, signup_form, cors_origin)
 
 

@@ -13,10 +13,17 @@ broker) on a free loopback port, then:
    closed loop; each one is a new pending contact who is owed a confirmation mail;
 3. a fixed rate of 200 signups/s from an asyncio client in a separate process, latency
    measured from each request's scheduled send time (so a stall is not hidden);
-4. the check: the database holds exactly the accepted (2xx) signups, each with its
-   consent event and its confirmation mail owed (audience.confirmations: the web
-   processes queue one sending task per CONFIRMATION_BATCH_SECONDS, not one per signup;
-   the number queued is printed).
+4. the check: once the signup buffer is drained, the database holds exactly the
+   accepted (2xx) signups, each with its consent event and its confirmation mail owed
+   (audience.confirmations: one sending task is queued per CONFIRMATION_BATCH_SECONDS,
+   not one per signup; the number queued is printed).
+
+A real Celery worker runs throughout, as in production: with Redis, a signup is answered
+once it is in the signup buffer, and the worker moves the buffer into PostgreSQL in
+batches (audience.intake), so its CPU is part of what a signup costs on this machine.
+It sends no mail: the confirmation tasks are routed to a queue nobody consumes
+(bench/signup_settings.py). `--no-buffer` measures signups written to PostgreSQL in
+their own request instead (SIGNUP_BUFFER=0).
 
 Before those, it prints the round trips one signup makes (SQL and Redis) and the CPU one
 Django process spends per signup and per trivial request: on a shared machine those
@@ -24,7 +31,7 @@ explain the rates better than the rates themselves.
 
 It needs the `wrk` command (Debian: apt-get install wrk). The database is created if
 missing and migrated; only this run's contacts are counted and, at the end, deleted;
-the confirmation tasks it queued are purged (no worker runs during the benchmark).
+the confirmation tasks it queued are purged.
 Exit status 1 if anything was lost or failed, 2 if a target was missed.
 """
 
@@ -276,6 +283,7 @@ def _bench_env(args: argparse.Namespace, port: int, var_dir: Path) -> dict[str, 
             "EMAIL_PROVIDER": "outbox",
             "LOG_LEVEL": "WARNING",
             "STILLHERE_DEMO": "0",
+            "SIGNUP_BUFFER": "0" if args.no_buffer else "1",
         }
     )
     return env
@@ -417,6 +425,28 @@ def _queued_tasks(redis_url: str) -> int:
     )
 
 
+def _purge_queue(redis_url: str, name: str) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_url).delete(name)
+
+
+def _wait_drained(stored, accepted: int, timeout: float) -> float:
+    """Seconds until `stored` holds `accepted` contacts (at once when unbuffered), or
+    until the buffer is empty and nothing moves for a while (the check then tells)."""
+    from audience import intake
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if stored.count() >= accepted:
+            break
+        time.sleep(0.1)
+    waited = time.monotonic() - started
+    if waited >= timeout:
+        print(f"the buffer still holds {intake.backlog()} signups after {timeout:.0f} s")
+    return waited
+
+
 def _fmt(result: dict) -> str:
     return (
         f"{result['rate']:8.0f} req/s   p50 {result['p50_us'] / 1000:6.1f} ms   "
@@ -441,6 +471,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--wrk-timeout", type=int, default=900, help="safety stop for wrk")
     parser.add_argument("--keep", action="store_true", help="keep this run's contacts")
+    parser.add_argument("--no-buffer", action="store_true", help="write each signup in its request")
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
     args = parser.parse_args()
 
     database_url = os.environ.get("DATABASE_URL", "")
@@ -464,6 +496,8 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from audience.forms import render_stamp
     from audience.models import ConsentEvent, Contact, SignupForm
     from config.celery import app as celery_app
@@ -484,6 +518,7 @@ def main() -> int:
     run = secrets.token_hex(4)
     domain = f"r{run}.bench.example"
     celery_app.control.purge()
+    _purge_queue(redis_url, settings.BENCH_CONFIRMATIONS_QUEUE)
     queued_before = _queued_tasks(redis_url)
 
     lua = var_dir / "signup.lua"
@@ -496,6 +531,12 @@ def main() -> int:
         "--error-logfile", str(var_dir / "gunicorn.log"),
     ]  # fmt: skip
     server = subprocess.Popen(gunicorn_cmd, cwd=ROOT, env=env, start_new_session=True)
+    worker_cmd = [
+        python, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-Q", "celery",
+        "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
+        "--logfile", str(var_dir / "worker.log"),
+    ]  # fmt: skip
+    worker = subprocess.Popen(worker_cmd, cwd=ROOT, env=env, start_new_session=True)
     failures: list[str] = []
     missed: list[str] = []
     try:
@@ -509,7 +550,10 @@ def main() -> int:
         queries, commands = _round_trips_per_signup(domain, stamp)
         # The insert itself is a prepared statement on psycopg's own cursor, which
         # Django's query capture does not see: it is the "+ 1".
-        print(f"round trips per signup: {len(queries)} + 1 SQL, {len(commands)} Redis")
+        # Unbuffered, the insert is a prepared statement on psycopg's own cursor, which
+        # Django's query capture does not see: it is the "+ 1".
+        extra_sql = " + 1" if args.no_buffer else ""
+        print(f"round trips per signup: {len(queries)}{extra_sql} SQL, {len(commands)} Redis")
         for sql in queries:
             print(f"    {sql}")
         print(f"    Redis: {' '.join(commands)}")
@@ -547,6 +591,10 @@ def main() -> int:
             f"({paced['sent']} sent, {paced['accepted']} 2xx)"
         )
         print(f"load after: {_load()}")
+        drained_in = _wait_drained(
+            Contact.objects.filter(email__endswith="@" + domain), accepted, args.drain_timeout
+        )
+        print(f"stored {drained_in:.1f} s after the last answer (the buffer's drain)")
 
         for name, result in (
             ("warm-up", warm),
@@ -590,9 +638,11 @@ def main() -> int:
         if paced["p99_ms"] >= TARGET_P99_AT_RATE_MS:
             missed.append(f"p99 {paced['p99_ms']:.1f} ms at {args.rate:.0f}/s")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        for process in (server, worker):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
         celery_app.control.purge()
+        _purge_queue(redis_url, settings.BENCH_CONFIRMATIONS_QUEUE)
         if not args.keep:
             Contact.objects.filter(email__endswith="@" + domain).delete()
         shutil.rmtree(var_dir, ignore_errors=True)

@@ -9,6 +9,10 @@ os.environ.setdefault("SIGNUP_MIN_SECONDS", "0")
 # Confirmation mail is queued after each signup, at once, so a test sees it straight away.
 os.environ.setdefault("CONFIRMATION_BATCH_SECONDS", "0")
 
+# A signup is stored before it is answered, so a test can look at it straight away; the
+# signup buffer (audience.intake) has its own tests, which turn it on.
+os.environ.setdefault("SIGNUP_BUFFER", "0")
+
 from config.settings import *  # noqa: F403
 from config.settings import STORAGES
 
