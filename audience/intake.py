@@ -26,6 +26,7 @@ request, as before.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass
@@ -110,14 +111,22 @@ class _Entry:
 
 
 def _decode(entry_id: bytes, fields: dict, forms: dict[int, SignupForm | None]) -> _Entry:
+    """An entry as a Signup, or as unreadable (logged with its content): an entry from
+    another version, or one not written by `signup`, must not block the buffer."""
     ident = entry_id.decode()
     try:
         raw = json.loads(fields[b"v"])
-        if raw[0] != _VERSION:
-            raise ValueError(f"entry version {raw[0]}")
+        if not isinstance(raw, list) or not raw or raw[0] != _VERSION:
+            raise ValueError("not an entry of this version")
         (_v, form_id, email, first_name, last_name, phone, method, ip, user_agent,
          consent_text, double_opt_in, at) = raw  # fmt: skip
-    except (KeyError, ValueError, TypeError) as exc:
+        texts = (email, first_name, last_name, phone, method, user_agent, consent_text)
+        if not all(isinstance(text, str) for text in texts) or not isinstance(form_id, int):
+            raise ValueError("a field of the wrong type")
+        if ip is not None:
+            ip = str(ipaddress.ip_address(ip))
+        at = datetime.fromtimestamp(at, tz=UTC)
+    except (KeyError, ValueError, TypeError, OverflowError, OSError) as exc:
         logger.error("Signup buffer entry %s unreadable (%s): %r", ident, exc, fields)
         return _Entry(ident, None)
     if form_id not in forms:
@@ -125,10 +134,8 @@ def _decode(entry_id: bytes, fields: dict, forms: dict[int, SignupForm | None]) 
     return _Entry(
         ident,
         services.Signup(
-            form=forms[form_id], email=email, first_name=first_name,
-            last_name=last_name, phone=phone, consent_text=consent_text,
-            double_opt_in=double_opt_in,
-            at=datetime.fromtimestamp(at, tz=UTC),
+            form=forms[form_id], email=email, first_name=first_name, last_name=last_name,
+            phone=phone, consent_text=consent_text, double_opt_in=bool(double_opt_in), at=at,
             evidence=services.Evidence(method=method, ip=ip, user_agent=user_agent),
         ),
     )  # fmt: skip
@@ -152,35 +159,37 @@ def drain(*, batch: int = 1000) -> int:
     moved = 0
     forms: dict[int, SignupForm | None] = {}
     while True:
+        found: list = []
+        set_aside: set[str] = set()
         with transaction.atomic():
             cursor, _ = SignupBufferCursor.objects.get_or_create(name=STREAM)
             cursor = SignupBufferCursor.objects.select_for_update().get(pk=cursor.pk)
             start = f"({cursor.last_id}" if cursor.last_id else "-"
             found = client.xrange(stream, min=start, count=batch)
-            if not found:
-                break
-            entries = [_decode(entry_id, fields, forms) for entry_id, fields in found]
-            readable = [entry for entry in entries if entry.signup is not None]
-            refused = services.contacts_subscribe_batch([entry.signup for entry in readable])
-            set_aside = [entry.entry_id for entry in entries if entry.signup is None]
-            set_aside += [readable[position].entry_id for position in refused]
-            if set_aside:
-                _set_aside(client, found, set(set_aside))
-            cursor.last_id = entries[-1].entry_id
-            cursor.drained += len(entries)
-            cursor.save(update_fields=["last_id", "drained", "updated_at"])
-        # Committed: what the cursor has passed may go. A crash before this only leaves
-        # entries the next drain skips (and trims).
-        client.xtrim(stream, minid=_after(cursor.last_id), approximate=False)
-        moved += len(entries)
+            if found:
+                entries = [_decode(entry_id, fields, forms) for entry_id, fields in found]
+                readable = [entry for entry in entries if entry.signup is not None]
+                refused = services.contacts_subscribe_batch([e.signup for e in readable])
+                set_aside = {entry.entry_id for entry in entries if entry.signup is None}
+                set_aside |= {readable[position].entry_id for position in refused}
+                cursor.last_id = entries[-1].entry_id
+                cursor.drained += len(entries)
+                cursor.save(update_fields=["last_id", "drained", "updated_at"])
+        # Committed: what the cursor has passed may go (also what a drain that died
+        # before this line left behind).
+        if cursor.last_id:
+            client.xtrim(stream, minid=_after(cursor.last_id), approximate=False)
+        if set_aside:
+            _set_aside(client, found, set_aside)
+        moved += len(found)
         if len(found) < batch:
-            break
-    return moved
+            return moved
 
 
 def _set_aside(client, found: list, entry_ids: set[str]) -> None:
-    """Entries that cannot be stored go to a stream of their own, for a person to look at,
-    instead of blocking the buffer behind them or vanishing."""
+    """Entries that could not be stored go to a stream of their own, for a person to look
+    at, instead of blocking the buffer behind them or vanishing. (Each was also logged
+    with its content, so a crash right before this loses none of them.)"""
     failed_stream = cache.make_key(FAILED_STREAM)
     for entry_id, fields in found:
         if entry_id.decode() in entry_ids:

@@ -188,7 +188,7 @@ def contacts_subscribe_batch(signups: list[Signup]) -> list[int]:
             with transaction.atomic():
                 _contact_subscribe_any(signups[position])
         except (IntegrityError, DataError, ValidationError):
-            logger.exception("A buffered signup could not be stored")
+            logger.exception("A buffered signup could not be stored: %r", signups[position])
             failed.append(position)
     return failed
 
@@ -313,6 +313,7 @@ def _contact_subscribe_any(signup: Signup) -> Contact:
             "source": Contact.Source.FORM,
             "signup_form": form,
             "status": signup.status,
+            "created_at": signup.at,
             "confirmed_at": None if pending else signup.at,
             # A new contact has had no confirmation yet: claim the window at insert time.
             "confirmation_sent_at": signup.at if pending else None,
