@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 from django import forms
 from django.conf import settings
@@ -56,39 +57,70 @@ class _FieldsMixin:
         return self._clean_with("phone", normalize_phone)
 
 
+class _Shared:
+    """A form field built once per form configuration and shared by every instance of
+    the form, instead of deep-copied for each (Django's default, so that an instance may
+    change its own fields). The public signup form's instances never change them: the
+    templates only read them. Building and copying them was a fifth of a signup's
+    Python (bench/signup.py)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _SharedChar(_Shared, forms.CharField):
+    pass
+
+
+class _SharedBoolean(_Shared, forms.BooleanField):
+    pass
+
+
+@lru_cache(maxsize=256)
+def _signup_fields(name_field: str, phone_field: str, consent_text: str) -> dict:
+    """The public form's fields for one configuration of a SignupForm."""
+    fields = {
+        "email": _SharedChar(label="Email", max_length=320, widget=forms.EmailInput(
+            attrs={"autocomplete": "email", "placeholder": "you@example.com"})),
+        # Honeypot: hidden from people by CSS and aria, irresistible to form-filling bots.
+        "website": _SharedChar(required=False, label="Leave this empty", max_length=200),
+        "ts": _SharedChar(required=False, widget=forms.HiddenInput, max_length=200),
+    }  # fmt: skip
+    if name_field != FieldMode.HIDDEN:
+        required = name_field == FieldMode.REQUIRED
+        # max_length above the stored limit so the cleaner can say it clearly
+        fields["first_name"] = _SharedChar(
+            label="First name", required=required, max_length=1000,
+            widget=forms.TextInput(attrs={"autocomplete": "given-name"}))  # fmt: skip
+        fields["last_name"] = _SharedChar(
+            label="Last name", required=required, max_length=1000,
+            widget=forms.TextInput(attrs={"autocomplete": "family-name"}))  # fmt: skip
+    if phone_field != FieldMode.HIDDEN:
+        fields["phone"] = _SharedChar(
+            label="Phone", required=phone_field == FieldMode.REQUIRED,
+            max_length=100, widget=TelInput(attrs={"autocomplete": "tel"}))  # fmt: skip
+    if consent_text:
+        fields["consent"] = _SharedBoolean(
+            label=consent_text, required=True, initial=False,
+            error_messages={"required": "Please tick the box to agree."})  # fmt: skip
+    for name, field in fields.items():
+        field.error_messages.setdefault("required", "This field is required.")
+        if name == "email":
+            field.error_messages["required"] = "Please enter your email address."
+    return fields
+
+
 class PublicSignupForm(_FieldsMixin, forms.Form):
     """The fields a visitor fills in, shaped by a SignupForm's settings."""
-
-    email = forms.CharField(label="Email", max_length=320, widget=forms.EmailInput(
-        attrs={"autocomplete": "email", "placeholder": "you@example.com"}))  # fmt: skip
-    # Honeypot: hidden from people by CSS and aria, irresistible to form-filling bots.
-    website = forms.CharField(required=False, label="Leave this empty", max_length=200)
-    ts = forms.CharField(required=False, widget=forms.HiddenInput, max_length=200)
 
     def __init__(self, *args, signup_form: SignupForm, **kwargs):
         super().__init__(*args, **kwargs)
         self.signup_form = signup_form
-        if signup_form.name_field != FieldMode.HIDDEN:
-            required = signup_form.name_field == FieldMode.REQUIRED
-            # max_length above the stored limit so the cleaner can say it clearly
-            self.fields["first_name"] = forms.CharField(
-                label="First name", required=required, max_length=1000,
-                widget=forms.TextInput(attrs={"autocomplete": "given-name"}))  # fmt: skip
-            self.fields["last_name"] = forms.CharField(
-                label="Last name", required=required, max_length=1000,
-                widget=forms.TextInput(attrs={"autocomplete": "family-name"}))  # fmt: skip
-        if signup_form.phone_field != FieldMode.HIDDEN:
-            self.fields["phone"] = forms.CharField(
-                label="Phone", required=signup_form.phone_field == FieldMode.REQUIRED,
-                max_length=100, widget=TelInput(attrs={"autocomplete": "tel"}))  # fmt: skip
-        if signup_form.consent_text:
-            self.fields["consent"] = forms.BooleanField(
-                label=signup_form.consent_text, required=True, initial=False,
-                error_messages={"required": "Please tick the box to agree."})  # fmt: skip
-        for name, field in self.fields.items():
-            field.error_messages.setdefault("required", "This field is required.")
-            if name == "email":
-                field.error_messages["required"] = "Please enter your email address."
+        self.fields = dict(
+            _signup_fields(
+                signup_form.name_field, signup_form.phone_field, signup_form.consent_text
+            )
+        )
         if not self.is_bound:
             self.initial["ts"] = render_stamp(signup_form)
 

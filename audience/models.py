@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 
 class Tag(models.Model):
@@ -94,7 +95,7 @@ class SignupForm(models.Model):
                 }
             )
 
-    @property
+    @cached_property  # read by every signup; the form object is cached per process
     def origins(self) -> list[str]:
         return [
             line.strip().rstrip("/") for line in self.allowed_origins.splitlines() if line.strip()

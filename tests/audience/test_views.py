@@ -133,6 +133,8 @@ def test_preflight_allows_only_the_forms_origins(client, form):
     ok = client.options("/f/shop/submit", HTTP_ORIGIN=SHOP)
     assert ok.status_code == 204
     assert ok["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in ok["Access-Control-Allow-Methods"]
+    assert "Content-Type" in ok["Access-Control-Allow-Headers"]
     refused = client.options("/f/shop/submit", HTTP_ORIGIN="https://evil.example.net")
     assert refused.status_code == 403
 
