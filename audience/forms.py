@@ -16,7 +16,10 @@ _RENDER_SALT = "audience.render"
 
 def render_stamp(signup_form: SignupForm) -> str:
     """A signed 'rendered at' stamp; a submit that comes back too fast is a bot."""
-    return signing.Signer(salt=_RENDER_SALT).sign(f"{signup_form.public_key}:{time.time():.3f}")
+    # Truncated, not rounded, to the millisecond: a stamp from the future would make the
+    # age of a quick submit negative, under any SIGNUP_MIN_SECONDS (a signup lost).
+    rendered_at = int(time.time() * 1000) / 1000
+    return signing.Signer(salt=_RENDER_SALT).sign(f"{signup_form.public_key}:{rendered_at:.3f}")
 
 
 def stamp_age(signup_form: SignupForm, value: str) -> float | None:

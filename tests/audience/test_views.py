@@ -119,6 +119,14 @@ def test_too_fast_or_forged_stamp_is_dropped_silently(client, form, settings):
     assert not Contact.objects.exists()
 
 
+def test_a_signup_in_the_millisecond_its_form_was_shown_is_kept(client, form, monkeypatch):
+    # Without a speed bump (SIGNUP_MIN_SECONDS=0, as in the tests), a stamp rounded up to
+    # the next millisecond made such a signup look like it came before its form: a bot.
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0006)
+    assert _post(client, form, {"email": "quick@example.com"}, **JSON).status_code == 200
+    assert Contact.objects.filter(email="quick@example.com").exists()
+
+
 def test_signup_from_an_origin_not_allowed_is_refused(client, form):
     response = _post(
         client, form, {"email": "a@example.com"},
