@@ -1,4 +1,6 @@
-"""GET /healthz: is the database answering, is the broker answering?
+"""GET /healthz: is the database answering, is the broker answering? With the signup
+buffer on, also how many signups wait in it (a number that keeps growing means no
+worker is draining it).
 
 Load balancers and uptime checks poll this; it must answer fast even when a part is
 down, so each probe has a short timeout and any failure is reported, not raised.
@@ -6,6 +8,7 @@ down, so each probe has a short timeout and any failure is reported, not raised.
 
 import logging
 
+from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
@@ -42,6 +45,18 @@ def _check_broker() -> str:
 @never_cache
 @require_GET
 def healthz(request):
-    status = {"db": _check_db(), "broker": _check_broker()}
+    status: dict[str, object] = {"db": _check_db(), "broker": _check_broker()}
     healthy = all(value == "ok" for value in status.values())
+    if settings.SIGNUP_BUFFER:
+        status["signups_waiting"] = _signups_waiting()
     return JsonResponse(status, status=200 if healthy else 503)
+
+
+def _signups_waiting() -> int | None:
+    from audience import intake
+
+    try:
+        return intake.backlog()
+    except Exception as exc:
+        logger.warning("healthz: signup buffer check failed: %s", exc)
+        return None

@@ -1,4 +1,5 @@
 import pytest
+from django.core.cache import cache
 
 from config.celery import app as celery_app
 
@@ -17,3 +18,16 @@ def test_healthz_is_503_and_names_the_broker_when_it_is_unreachable(client, monk
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"db": "ok", "broker": "down"}
+
+
+def test_healthz_counts_the_signups_waiting_in_the_buffer(client, settings):
+    if "redis" not in settings.CACHES["default"]["BACKEND"].lower():
+        pytest.skip("the signup buffer exists only when the cache is Redis (set REDIS_URL)")
+    from audience import intake
+    from audience.throttle import _redis_client
+
+    settings.SIGNUP_BUFFER = True
+    _redis_client().xadd(cache.make_key(intake.STREAM), {"v": "[]"})
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["signups_waiting"] == 1
