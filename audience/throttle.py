@@ -9,14 +9,20 @@ through the cache API (add + incr) anywhere else, e.g. the quickstart's local me
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import threading
 import time
 from functools import lru_cache
 
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
-from redis.exceptions import RedisError
+from django.core.signals import setting_changed
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,53 @@ redis.call('XADD', KEYS[n + 1], '*', 'v', ARGV[2 * n + 2])
 if redis.call('SET', KEYS[n + 2], '1', 'NX', 'PX', ARGV[2 * n + 3]) then return 1 end
 return 0
 """
-_scripts: dict[int, object] = {}
+_SHA = hashlib.sha1(_COUNT_THEN_APPEND.encode()).hexdigest()  # noqa: S324 (Redis's script id)
+_local = threading.local()
+
+
+def _reset(*, setting: str, **kwargs) -> None:
+    if setting == "CACHES":
+        _local.__dict__.clear()
+
+
+setting_changed.connect(_reset)
+
+
+def _connection():
+    """This thread's own connection to the cache's Redis (None if the cache is not Redis),
+    with the cache's key function.
+
+    The signup's one round trip goes straight through it: through redis-py's client and
+    pool it cost twice the CPU (a poll of the socket before every command, the pool's
+    lock, the retry wrapper; bench/redis_call.py), on a path where every microsecond is
+    one the visitor's request holds a web process for. Any error drops the connection;
+    the next call opens a new one. A forked process opens its own.
+    """
+    pid = os.getpid()
+    if getattr(_local, "pid", None) != pid:
+        backend = getattr(cache, "_cache", None)
+        if hasattr(backend, "get_client"):
+            pool = backend._get_connection_pool(write=True)
+            _local.connection = pool.connection_class(**pool.connection_kwargs)
+            _local.make_key = cache.make_key
+        else:
+            _local.connection = _local.make_key = None
+        _local.pid = pid
+    return _local.connection
+
+
+def _count_then_append(keys: list[str], args: list) -> int:
+    connection = _local.connection
+    try:
+        try:
+            connection.send_command("EVALSHA", _SHA, len(keys), *keys, *args)
+            return connection.read_response()
+        except NoScriptError:  # a restarted Redis: EVAL loads the script again
+            connection.send_command("EVAL", _COUNT_THEN_APPEND, len(keys), *keys, *args)
+            return connection.read_response()
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        connection.disconnect()
+        raise
 
 
 def _windows(buckets: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
@@ -92,21 +144,18 @@ def count_then_append(
     1 when the entry went in and this call set `flag` (for `flag_ms`), 0 when it went in
     and the flag was already set; None when the cache is not Redis (nothing happened).
     Stream and flag are cache keys (the cache's prefix is added here)."""
-    client = _redis_client()
-    if client is None:
+    if _connection() is None:
         return None
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_COUNT_THEN_APPEND)
+    make_key = _local.make_key
     windows = _windows(buckets)
-    keys = [cache.make_key(key) for key, _limit, _seconds in windows]
+    keys = [make_key(key) for key, _limit, _seconds in windows]
     args: list[object] = [len(windows)]
     for _key, limit, seconds in windows:
         args += [limit, seconds]
     if stream:
-        keys += [cache.make_key(stream), cache.make_key(flag)]
+        keys += [make_key(stream), make_key(flag)]
         args += [entry, max(1, flag_ms)]
-    return int(script(keys=keys, args=args))
+    return int(_count_then_append(keys, args))
 
 
 def over_limit(buckets: list[tuple[str, str]]) -> bool:
