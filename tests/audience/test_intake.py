@@ -13,6 +13,7 @@ Redis and is tested on every database at the end of this file.
 from __future__ import annotations
 
 import json
+import socket
 from datetime import timedelta
 
 import pytest
@@ -498,6 +499,34 @@ def test_with_redis_unreachable_a_signup_is_written_straight_to_the_database(
     assert event.consent_text == form.consent_text
     assert event.created_at >= before
     assert intake.backlog() == 0
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_signups_are_buffered_again_once_redis_answers_again(client, form):
+    # The signup's own Redis connection (audience.throttle) is cut off: nothing listens
+    # on its port. Then Redis is back; the next signup must find it without a restart.
+    assert throttle._connection() is not None
+    connection = throttle._local.connection
+    address = connection.host, connection.port
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    connection.disconnect()
+    connection.host, connection.port = "127.0.0.1", closed_port
+    try:
+        _signed_up(client, form, "during@example.com")
+    finally:
+        connection.host, connection.port = address
+    assert Contact.objects.filter(email="during@example.com").exists()  # written directly
+    assert intake.backlog() == 0
+
+    _signed_up(client, form, "after@example.com")
+    assert not Contact.objects.filter(email="after@example.com").exists()
+    assert intake.backlog() == 1
+    intake.drain()
+    assert Contact.objects.filter(email="after@example.com").exists()
 
 
 @pytest.mark.worker
