@@ -321,3 +321,15 @@ class SignupBufferCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_id or 'start'}"
+
+
+class SignupWrittenDirectly(models.Model):
+    """A signup written straight to the database because Redis failed during its call,
+    perhaps after appending it to the buffer: the drain skips the entry with this `sid`,
+    so the signup is stored once (audience.intake)."""
+
+    sid = models.CharField(max_length=32, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.sid

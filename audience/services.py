@@ -222,18 +222,24 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
     params: dict[str, object] = {
         name: [row[i] for row in rows] for i, name in enumerate(_INSERT_COLUMNS)
     }
-    params.update(source=Contact.Source.FORM, kind=ConsentEvent.Kind.SIGNUP, pending=Status.PENDING)
+    params.update(
+        source=Contact.Source.FORM, kind=ConsentEvent.Kind.SIGNUP, pending=Status.PENDING,
+        now=timezone.now(),
+    )  # fmt: skip
     sql = f"""
         WITH input AS (
             SELECT * FROM unnest(%(email)s::text[], %(first_name)s::text[],
                 %(last_name)s::text[], %(phone)s::text[], %(status)s::text[],
                 %(form)s::bigint[], %(at)s::timestamptz[], %(method)s::text[],
                 %(ip)s::inet[], %(user_agent)s::text[], %(actor)s::text[],
-                %(consent_text)s::text[], %(detail)s::jsonb[])
+                %(consent_text)s::text[], %(detail)s::jsonb[], %(hash)s::text[])
                 AS t(email, first_name, last_name, phone, status, form_id, at, method, ip,
-                     user_agent, actor, consent_text, detail)
+                     user_agent, actor, consent_text, detail, hash)
         ), lifted AS (
-            DELETE FROM {SuppressedEmail._meta.db_table} WHERE email_hash = ANY(%(hash)s)
+            -- Signing up lifts an erasure's suppression, but only one from before the
+            -- signup: an erasure asked for after it (while it waited in the buffer) wins.
+            DELETE FROM {SuppressedEmail._meta.db_table} AS suppressed USING input
+            WHERE suppressed.email_hash = input.hash AND suppressed.created_at <= input.at
         ), created AS (
             INSERT INTO {Contact._meta.db_table} (email, first_name, last_name, phone, status,
                 attributes, source, signup_form_id, created_at, updated_at, confirmed_at,
@@ -241,8 +247,14 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
             SELECT email, first_name, last_name, phone, status, '{{}}', %(source)s, form_id,
                 at, at, CASE WHEN status <> %(pending)s THEN at END, NULL,
                 -- A new contact has had no confirmation yet: claim the window at insert.
-                CASE WHEN status = %(pending)s THEN at END, status = %(pending)s
+                -- The resend window runs from now, when the mail is owed, even for a
+                -- signup that waited in the buffer.
+                CASE WHEN status = %(pending)s THEN %(now)s END, status = %(pending)s
             FROM input
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {SuppressedEmail._meta.db_table} AS suppressed
+                WHERE suppressed.email_hash = input.hash AND suppressed.created_at > input.at
+            )
             ON CONFLICT (email) DO NOTHING
             RETURNING id, email, status
         ), evidence AS (
@@ -298,11 +310,18 @@ def _execute_prepared(sql: str, params: dict) -> list[tuple]:
 
 
 @transaction.atomic
-def _contact_subscribe_any(signup: Signup) -> Contact:
-    """Any address, new or known, through the ORM (SQLite, and known addresses)."""
+def _contact_subscribe_any(signup: Signup) -> Contact | None:
+    """Any address, new or known, through the ORM (SQLite, and known addresses). None if
+    the address was erased after the signup."""
     email, form = signup.email, signup.form
-    # Signing up anew is the owner's own act: it lifts an erasure's suppression.
-    SuppressedEmail.objects.filter(email_hash=email_hash(email)).delete()
+    # Signing up anew is the owner's own act: it lifts an erasure's suppression, unless
+    # the erasure came after this signup (which waited in the buffer): then it wins.
+    suppression = SuppressedEmail.objects.filter(email_hash=email_hash(email)).first()
+    if suppression is not None:
+        if suppression.created_at > signup.at:
+            logger.info("A buffered signup older than its address's erasure was dropped")
+            return None
+        suppression.delete()
     pending = signup.double_opt_in
     contact, created = Contact.objects.select_for_update().get_or_create(
         email=email,
@@ -315,11 +334,15 @@ def _contact_subscribe_any(signup: Signup) -> Contact:
             "status": signup.status,
             "created_at": signup.at,
             "confirmed_at": None if pending else signup.at,
-            # A new contact has had no confirmation yet: claim the window at insert time.
-            "confirmation_sent_at": signup.at if pending else None,
+            # A new contact has had no confirmation yet: claim the window at insert time
+            # (now, when the mail is owed, even for a signup that waited in the buffer).
+            "confirmation_sent_at": timezone.now() if pending else None,
             "confirmation_due": pending,
         },
     )
+    if not created and contact.unsubscribed_at and contact.unsubscribed_at > signup.at:
+        # Unsubscribed after this signup (which waited in the buffer): the later wish wins.
+        return contact
     before = "" if created else contact.status
     if not created:
         _fill_gaps(

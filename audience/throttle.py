@@ -167,14 +167,33 @@ def over_limit(buckets: list[tuple[str, str]]) -> bool:
     try:
         counted = count_then_append(buckets, stream="", entry="", flag="", flag_ms=0)
     except RedisError:
-        # Limits protect the database and the mail; a visitor must not get an error
-        # because their counter cannot be reached. Logged, so the outage is seen.
-        logger.warning("Rate limits could not be counted; letting this one through", exc_info=True)
-        return False
+        # A visitor must not get an error because the shared counters cannot be reached,
+        # nor may a flood go uncounted meanwhile: this process counts alone. Logged.
+        logger.warning("Rate limits unreachable in Redis; counting in this process", exc_info=True)
+        return over_limit_here(buckets)
     if counted is not None:
         return counted < 0
     over = False
     for key, limit, seconds in _windows(buckets):
         cache.add(key, 0, timeout=seconds)
         over = cache.incr(key) > limit or over
+    return over
+
+
+_here: dict[str, int] = {}
+_here_lock = threading.Lock()
+
+
+def over_limit_here(buckets: list[tuple[str, str]]) -> bool:
+    """over_limit, counted in this process's memory alone: for while Redis cannot be
+    reached. Each web process then allows the full rate, so the limits are looser by
+    the number of processes, but a flood is still held back."""
+    windows = _windows(buckets)
+    with _here_lock:
+        if len(_here) > 10_000:  # old windows and many IPs: start afresh
+            _here.clear()
+        over = False
+        for key, limit, _seconds in windows:
+            _here[key] = _here.get(key, 0) + 1
+            over = _here[key] > limit or over
     return over

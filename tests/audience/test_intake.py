@@ -13,6 +13,7 @@ Redis and is tested on every database at the end of this file.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 from datetime import timedelta
 
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from audience import intake, services, throttle
 from audience.forms import render_stamp
-from audience.models import ConsentEvent, Contact, SignupBufferCursor
+from audience.models import ConsentEvent, Contact, SignupBufferCursor, SuppressedEmail
 from audience.tasks import drain_signups
 from tests.factories import ContactFactory, SignupFormFactory, TagFactory
 from tests.polling import wait_for
@@ -92,6 +93,7 @@ def _entry(form, email, *, first_name="", ip="198.51.100.30", at=None) -> dict:
     values = [
         1, form.pk, email, first_name, "", "", "form-script", ip, "Mozilla/5.0",
         form.consent_text, form.double_opt_in, timezone.now().timestamp() if at is None else at,
+        secrets.token_hex(8),
     ]  # fmt: skip
     return {"v": json.dumps(values)}
 
@@ -121,7 +123,7 @@ def test_a_buffered_signup_is_answered_at_once_and_stored_with_its_evidence_by_t
     # Answered, not yet written: the signup waits in the buffer for its drain.
     assert not Contact.objects.exists()
     assert intake.backlog() == 1
-    assert queued_drains == [{"countdown": 0}]
+    assert queued_drains == [{"countdown": 0, "expires": 60.0}]
 
     with django_capture_on_commit_callbacks(execute=True):
         assert intake.drain() == 1
@@ -154,10 +156,13 @@ def test_a_buffered_signup_is_answered_at_once_and_stored_with_its_evidence_by_t
 @pytest.mark.django_db
 def test_a_buffered_signup_is_owed_its_confirmation_mail_once_drained(client, form):
     _signed_up(client, form, "owed@example.com")
+    drained_at = timezone.now()
     intake.drain()
     contact = Contact.objects.get(email="owed@example.com")
     assert contact.confirmation_due
-    assert contact.confirmation_sent_at == contact.consent_events.get().created_at
+    # The resend window runs from when the mail is owed, not from the signup: a signup
+    # that waited in the buffer must not shorten it.
+    assert contact.confirmation_sent_at >= drained_at
 
 
 @needs_redis
@@ -168,7 +173,7 @@ def test_a_burst_of_signups_queues_one_drain_for_the_buffer_window(
     settings.SIGNUP_BUFFER_SECONDS = 5
     for i in range(3):
         _signed_up(client, form, f"burst{i}@example.com")
-    assert queued_drains == [{"countdown": 5}]
+    assert queued_drains == [{"countdown": 5, "expires": 60.0}]
     assert intake.backlog() == 3
     assert intake.drain() == 3
     assert Contact.objects.filter(email__startswith="burst").count() == 3
@@ -278,6 +283,9 @@ def test_a_drain_that_fails_before_commit_stores_nothing_and_the_next_stores_eac
     real_save = SignupBufferCursor.save
 
     def save_fails(self, *args, **kwargs):
+        if "update_fields" not in kwargs:  # creating the cursor row, before the writes
+            return real_save(self, *args, **kwargs)
+        # Advancing the cursor, after the batch was written in the same transaction.
         raise DatabaseError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(SignupBufferCursor, "save", save_fails)
@@ -432,7 +440,7 @@ def test_entries_the_database_refuses_are_set_aside_and_the_rest_of_the_batch_is
 ):
     stream = throttle._redis_client()
     _signed_up(client, form, "good1@example.com")
-    unreadable = stream.xadd(_stream(), {"v": json.dumps([99, "from a future version"])})
+    unreadable = stream.xadd(_stream(), {"v": json.dumps([0, "from no version of ours"])})
     # A name longer than the column (the form's cleaning never lets one through).
     refused = stream.xadd(_stream(), _entry(form, "refused@example.com", first_name="x" * 101))
     _signed_up(client, form, "good2@example.com")
@@ -499,6 +507,97 @@ def test_with_redis_unreachable_a_signup_is_written_straight_to_the_database(
     assert event.consent_text == form.consent_text
     assert event.created_at >= before
     assert intake.backlog() == 0
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_reply_lost_after_redis_buffered_the_signup_still_stores_it_once(
+    client, form, monkeypatch
+):
+    # Redis appended the entry, then the reply never came back (a timeout): the signup is
+    # written directly, and the drain must not store it a second time.
+    real = throttle.count_then_append
+
+    def appended_then_lost(*args, **kwargs):
+        real(*args, **kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(throttle, "count_then_append", appended_then_lost)
+    _signed_up(client, form, "lost-reply@example.com")
+    assert Contact.objects.filter(email="lost-reply@example.com").exists()
+    assert intake.backlog() == 1
+    monkeypatch.setattr(throttle, "count_then_append", real)
+    assert intake.drain() == 1
+    assert _signup_events("lost-reply@example.com").count() == 1
+    assert intake.backlog() == 0
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_with_redis_down_the_rate_limits_are_still_counted_in_each_process(
+    client, form, settings, monkeypatch
+):
+    def unreachable(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
+
+    monkeypatch.setattr(throttle, "count_then_append", unreachable)
+    monkeypatch.setattr(throttle, "_here", {})
+    settings.SIGNUP_RATE_PER_IP = "2/h"
+    codes = [
+        _post(client, form, {"email": f"down{i}@example.com"}, **JSON).status_code for i in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    assert Contact.objects.count() == 2
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_an_erasure_asked_for_while_the_signup_waited_wins(client, form):
+    ContactFactory(email="gone@example.com", status="subscribed")
+    _signed_up(client, form, "gone@example.com")
+    services.contact_erase(contact=Contact.objects.get(email="gone@example.com"))
+    intake.drain()
+    assert not Contact.objects.filter(email="gone@example.com").exists()
+    assert SuppressedEmail.objects.filter(email_hash=services.email_hash("gone@example.com"))
+    assert intake.backlog() == 0
+    # A signup after the erasure is the owner's own act again: it lifts the suppression.
+    _signed_up(client, form, "gone@example.com")
+    intake.drain()
+    assert Contact.objects.get(email="gone@example.com").status == "pending"
+    assert not SuppressedEmail.objects.exists()
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_an_unsubscribe_made_while_the_signup_waited_wins(client, form):
+    contact = ContactFactory(email="leaving@example.com", status="subscribed")
+    _signed_up(client, form, "leaving@example.com")
+    services.contact_unsubscribe(
+        contact=contact, evidence=services.Evidence(method="unsubscribe-page")
+    )
+    intake.drain()
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert not contact.confirmation_due
+    assert not _signup_events("leaving@example.com").exists()
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_an_entry_from_a_newer_version_waits_for_the_newer_workers(client, form):
+    _signed_up(client, form, "before@example.com")
+    throttle._redis_client().xadd(_stream(), {"v": json.dumps([99, "a newer layout"])})
+    _signed_up(client, form, "after@example.com")
+    intake.drain()
+    # Stored up to the newer entry, which is neither dropped nor set aside.
+    assert list(Contact.objects.values_list("email", flat=True)) == ["before@example.com"]
+    assert intake.backlog() == 2
+    assert not _set_aside()
 
 
 @pytest.mark.usefixtures("buffer", "queued_drains")
@@ -611,10 +710,11 @@ def test_a_new_contact_from_a_batch_is_dated_at_its_signup_not_at_the_drain(form
     signups = [_signup(form, "dated@example.com", at=at)]
     if beside_refused:  # on PostgreSQL the batch statement fails: stored one by one
         signups.append(_signup(form, "long@example.com", at=at, first_name="x" * 101))
+    drained_at = timezone.now()
     services.contacts_subscribe_batch(signups)
     contact = Contact.objects.get(email="dated@example.com")
     assert contact.consent_events.get().created_at == at
-    assert contact.confirmation_sent_at == at
+    assert contact.confirmation_sent_at >= drained_at  # the mail is owed from now
     assert contact.created_at == at
 
 

@@ -49,7 +49,7 @@ def _fill_buffer(form) -> None:
     for i in range(ENTRIES):
         values = [
             1, form.pk, f"s{i}@example.com", f"Person {i}", "", "", "form-script",
-            "198.51.100.7", "Mozilla/5.0", form.consent_text, False, at + i / 1000,
+            "198.51.100.7", "Mozilla/5.0", form.consent_text, False, at + i / 1000, f"sid{i}",
         ]  # fmt: skip
         pipe.xadd(stream, {"v": json.dumps(values)})
         if i % 5000 == 4999:
