@@ -344,7 +344,7 @@ SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
 SIGNUP_STAMP_MAX_AGE = env_int("SIGNUP_STAMP_MAX_AGE", 86400, minimum=60)
 # With Redis, a signup is answered once it is in Redis's signup buffer, and a worker
 # moves it into the database within SIGNUP_BUFFER_SECONDS (audience.intake). Off: each
-# signup is written to the database before it is answered (about half the throughput).
+# signup is written to the database before it is answered (a third to half the rate).
 SIGNUP_BUFFER = env_bool("SIGNUP_BUFFER", True) and bool(REDIS_URL)
 SIGNUP_BUFFER_SECONDS = env_float("SIGNUP_BUFFER_SECONDS", 0.5, minimum=0)
 SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
