@@ -69,42 +69,41 @@ def signup(
     """Count one hit in each (bucket, rate) of `limits`; unless one is over, take the
     signup (inputs already cleaned). False when over a limit: nothing was taken."""
     fields = {"first_name": first_name, "last_name": last_name, "phone": phone}
-    if not settings.SIGNUP_BUFFER:
-        if throttle.over_limit(limits):
-            return False
-        services.contact_subscribe(form=form, email=email, evidence=evidence, **fields)
-        return True
-    # What the signup is, and what the visitor was shown, as of now; `sid` names it.
-    sid = secrets.token_hex(8)
-    values = [
-        _VERSION, form.pk, email, first_name, last_name, phone, evidence.method,
-        evidence.ip, evidence.user_agent[:500], form.consent_text, form.double_opt_in,
-        time.time(), sid,
-    ]  # fmt: skip
-    entry = json.dumps(values, ensure_ascii=False)
-    try:
-        counted = throttle.count_then_append(
-            limits,
-            stream=STREAM,
-            entry=entry,
-            flag=_FLAG,
-            flag_ms=round(settings.SIGNUP_BUFFER_SECONDS * 1000),
-        )
-    except RedisError:
-        logger.warning("Signup buffer unreachable; writing the signup directly", exc_info=True)
-    else:
-        if counted is not None:
+    if settings.SIGNUP_BUFFER:
+        # What the signup is, and what the visitor was shown, as of now; `sid` names it.
+        sid = secrets.token_hex(8)
+        values = [
+            _VERSION, form.pk, email, first_name, last_name, phone, evidence.method,
+            evidence.ip, evidence.user_agent[:500], form.consent_text, form.double_opt_in,
+            time.time(), sid,
+        ]  # fmt: skip
+        try:
+            counted = throttle.count_then_append(
+                limits,
+                stream=STREAM,
+                entry=json.dumps(values, ensure_ascii=False),
+                flag=_FLAG,
+                flag_ms=round(settings.SIGNUP_BUFFER_SECONDS * 1000),
+            )
+        except RedisError:
+            logger.warning("Signup buffer unreachable; writing the signup directly", exc_info=True)
+            # Redis failed, perhaps after it appended the entry (a reply lost on its way
+            # back): written directly with a marker, in one transaction, so the drain
+            # skips that entry if it is there. The limits live in that Redis too; this
+            # process counts them alone meanwhile.
+            if throttle.over_limit_here(limits):
+                return False
+            with transaction.atomic():
+                services.contact_subscribe(form=form, email=email, evidence=evidence, **fields)
+                SignupWrittenDirectly.objects.create(sid=sid)
+            return True
+        if counted is not None:  # None: the cache is not Redis, so there is no buffer
             if counted == 1:
                 _queue_drain()
             return counted >= 0
-    # Redis failed, perhaps after it appended the entry (a reply lost on the way back).
-    # Written directly with a marker, in one transaction: the drain skips that entry if
-    # it is there. The limits live in that Redis too; this process counts alone now.
-    if throttle.over_limit_here(limits):
+    if throttle.over_limit(limits):
         return False
-    with transaction.atomic():
-        services.contact_subscribe(form=form, email=email, evidence=evidence, **fields)
-        SignupWrittenDirectly.objects.create(sid=sid)
+    services.contact_subscribe(form=form, email=email, evidence=evidence, **fields)
     return True
 
 
