@@ -3,7 +3,8 @@
 With Redis (production), a public signup does not write to PostgreSQL while the visitor
 waits. One Lua script counts the rate limits and appends the cleaned signup to a Redis
 stream, the signup buffer; a Celery task (`drain`) moves the buffer into contacts in
-batches, SIGNUP_BUFFER_SECONDS later at most. bench/signup.py measured why: a signup
+batches, normally SIGNUP_BUFFER_SECONDS later (beat's minutely sweep drains whatever a
+lost task left). bench/signup.py measured why: a signup
 written in its own transaction cost PostgreSQL about half a millisecond of CPU, more
 than the rest of a signup's work together, and held the web process waiting on it; a
 batch of a thousand costs a small fraction of that per signup.
