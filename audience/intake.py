@@ -187,6 +187,9 @@ def drain(*, batch: int = 1000) -> int:
     stream = cache.make_key(STREAM)
     moved = 0
     forms: dict[int, SignupForm | None] = {}
+    # Markers of signups whose entry never reached the buffer: nothing will claim them.
+    stale = timezone.now() - timedelta(days=1)
+    SignupWrittenDirectly.objects.filter(created_at__lt=stale).delete()
     while True:
         with transaction.atomic():
             cursor, _ = SignupBufferCursor.objects.get_or_create(name=STREAM)
@@ -230,16 +233,13 @@ def _decode_up_to_newer(found: list, forms: dict) -> tuple[list[_Entry], bool]:
 
 def _not_written_directly(entries: list[_Entry]) -> list[_Entry]:
     """Leave out the entries whose signup was also written directly (signup: Redis
-    failed after appending); their markers have done their job. Markers of entries that
-    never reached the buffer go after a day."""
+    failed after appending); their markers have done their job."""
     sids = [entry.sid for entry in entries if entry.sid]
     markers = SignupWrittenDirectly.objects.filter(sid__in=sids)
     written = set(markers.values_list("sid", flat=True))
     if written:
         markers.delete()
         entries = [entry for entry in entries if entry.sid not in written]
-    stale = timezone.now() - timedelta(days=1)
-    SignupWrittenDirectly.objects.filter(created_at__lt=stale).delete()
     return entries
 
 

@@ -212,12 +212,9 @@ def test_the_consent_text_the_visitor_saw_is_kept_when_the_form_is_edited_before
     )
 
 
-@pytest.mark.usefixtures("buffer", "queued_drains")
-@needs_redis
-@pytest.mark.django_db
-def test_a_drain_whose_trim_fails_after_commit_stores_nothing_twice_and_empties_the_buffer(
-    client, form, monkeypatch
-):
+@pytest.fixture
+def trim_fails_once(monkeypatch):
+    """The drain's first XTRIM, after its commit, fails as if Redis went away."""
     client_redis = throttle._redis_client()
     real_xtrim = client_redis.xtrim
     failures = []
@@ -229,6 +226,14 @@ def test_a_drain_whose_trim_fails_after_commit_stores_nothing_twice_and_empties_
         return real_xtrim(*args, **kwargs)
 
     monkeypatch.setattr(client_redis, "xtrim", xtrim_fails_once)
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_drain_whose_trim_fails_after_commit_stores_nothing_twice_and_empties_the_buffer(
+    client, form, trim_fails_once
+):
     _signed_up(client, form, "once@example.com")
     with pytest.raises(redis.exceptions.ConnectionError):
         intake.drain()
@@ -244,19 +249,8 @@ def test_a_drain_whose_trim_fails_after_commit_stores_nothing_twice_and_empties_
 @needs_redis
 @pytest.mark.django_db
 def test_after_a_failed_trim_a_new_signup_is_stored_and_the_old_one_not_again(
-    client, form, monkeypatch
+    client, form, trim_fails_once
 ):
-    client_redis = throttle._redis_client()
-    real_xtrim = client_redis.xtrim
-    failures = []
-
-    def xtrim_fails_once(*args, **kwargs):
-        if not failures:
-            failures.append(1)
-            raise redis.exceptions.ConnectionError("Redis went away after the commit")
-        return real_xtrim(*args, **kwargs)
-
-    monkeypatch.setattr(client_redis, "xtrim", xtrim_fails_once)
     _signed_up(client, form, "first@example.com")
     with pytest.raises(redis.exceptions.ConnectionError):
         intake.drain()
