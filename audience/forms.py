@@ -14,18 +14,28 @@ from audience.services import clean_text, normalize_email, normalize_phone
 _RENDER_SALT = "audience.render"
 
 
+@lru_cache(maxsize=4)
+def _signer(key: str, fallback_keys: tuple[str, ...]) -> signing.Signer:
+    return signing.Signer(key=key, fallback_keys=fallback_keys, salt=_RENDER_SALT)
+
+
+def _stamp_signer() -> signing.Signer:
+    """The stamps' signer, made once per secret key instead of on every submit."""
+    return _signer(settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS))
+
+
 def render_stamp(signup_form: SignupForm) -> str:
     """A signed 'rendered at' stamp; a submit that comes back too fast is a bot."""
     # Truncated, not rounded, to the millisecond: a stamp from the future would make the
     # age of a quick submit negative, under any SIGNUP_MIN_SECONDS (a signup lost).
     rendered_at = int(time.time() * 1000) / 1000
-    return signing.Signer(salt=_RENDER_SALT).sign(f"{signup_form.public_key}:{rendered_at:.3f}")
+    return _stamp_signer().sign(f"{signup_form.public_key}:{rendered_at:.3f}")
 
 
 def stamp_age(signup_form: SignupForm, value: str) -> float | None:
     """Seconds since the stamp was made, or None if it is missing, forged or foreign."""
     try:
-        key, _, rendered_at = signing.Signer(salt=_RENDER_SALT).unsign(value).rpartition(":")
+        key, _, rendered_at = _stamp_signer().unsign(value).rpartition(":")
         if key != signup_form.public_key:
             return None
         return time.time() - float(rendered_at)
