@@ -11,6 +11,9 @@ broker) on a free loopback port, then:
 2. signups: wrk posts N distinct signups exactly as the script embed does (urlencoded
    form data, ``Accept: application/json``, the shop's ``Origin``, a signed render stamp),
    closed loop; each one is a new pending contact who is owed a confirmation mail;
+   1 and 2 run in alternating rounds (--rounds, N/rounds requests each), so that a
+   shared machine's drifting speed falls on both alike; the ratio is also printed by
+   round, to show how much it drifted;
 3. a fixed rate of 200 signups/s from an asyncio client in a separate process, latency
    measured from each request's scheduled send time (so a stall is not hidden);
 4. the check: once the signup buffer is drained, the database holds exactly the
@@ -454,6 +457,20 @@ def _wait_drained(stored, accepted: int, timeout: float) -> float:
     return waited
 
 
+def _combined(rounds: list[dict]) -> dict:
+    """Rounds of one kind as one: the rate over all of them, the median round's p50 and
+    the worst round's p99 (percentiles do not add up; the worst one hides nothing)."""
+    answered = sum(r["answered"] for r in rounds)
+    p50s = sorted(r["p50_us"] for r in rounds)
+    return {
+        "rate": answered / (sum(r["duration_us"] for r in rounds) / 1e6),
+        "p50_us": p50s[len(p50s) // 2],
+        "p99_us": max(r["p99_us"] for r in rounds),
+        "answered": answered,
+        "accepted": sum(r["accepted"] for r in rounds),
+    }
+
+
 def _fmt(result: dict) -> str:
     return (
         f"{result['rate']:8.0f} req/s   p50 {result['p50_us'] / 1000:6.1f} ms   "
@@ -464,7 +481,10 @@ def _fmt(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--signups", type=int, default=10000, help="closed-loop signups")
+    parser.add_argument("-n", "--signups", type=int, default=12000, help="closed-loop signups")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="alternating rounds of floor and signups"
+    )
     parser.add_argument("-c", "--connections", type=int, default=16)
     # Sync workers, one more than there are cores (README, production deployment): a
     # signup is CPU-bound Python around one short Redis round trip, so a spare process
@@ -559,8 +579,6 @@ def main() -> int:
             f"wrk -t1 -c{args.connections}, {os.cpu_count()} CPUs, load {_load()}"
         )
         queries, commands = _round_trips_per_signup(domain, stamp)
-        # The insert itself is a prepared statement on psycopg's own cursor, which
-        # Django's query capture does not see: it is the "+ 1".
         # Unbuffered, the insert is a prepared statement on psycopg's own cursor, which
         # Django's query capture does not see: it is the "+ 1".
         extra_sql = " + 1" if args.no_buffer else ""
@@ -579,13 +597,24 @@ def main() -> int:
         warm_signups = _wrk(args, port, submit, args.warmup, "w", domain, stamp, lua)
         accepted += warm_signups["accepted"]
 
-        floor = _wrk(args, port, "/bench/trivial", args.signups, "t", domain, stamp, lua)
-        signups = _wrk(args, port, submit, args.signups, "s", domain, stamp, lua)
+        # The floor and the signups in alternating rounds (T S, S T, T S, ...): on a
+        # shared machine the speed drifts by a third within minutes, and one long phase
+        # of each would measure the drift as much as the code.
+        floors, signup_rounds = [], []
+        per_round = max(1, args.signups // args.rounds)
+        for i in range(args.rounds):
+            phases = [("floor", "/bench/trivial", f"t{i}-"), ("signups", submit, f"s{i}-")]
+            for kind, path, prefix in phases if i % 2 == 0 else reversed(phases):
+                result = _wrk(args, port, path, per_round, prefix, domain, stamp, lua)
+                (floors if kind == "floor" else signup_rounds).append(result)
+        floor, signups = _combined(floors), _combined(signup_rounds)
         accepted += signups["accepted"]
         print(f"trivial view (floor)  {_fmt(floor)}")
         print(f"signups               {_fmt(signups)}")
         share = signups["rate"] / floor["rate"]
-        print(f"signups / floor       {share:8.2f}")
+        by_round = zip(floors, signup_rounds, strict=True)
+        rounds = " ".join(f"{s['rate'] / f['rate']:.2f}" for f, s in by_round)
+        print(f"signups / floor       {share:8.2f}   (by round: {rounds})")
 
         count = round(args.rate * args.rate_seconds)
         paced_cmd = [
@@ -610,8 +639,8 @@ def main() -> int:
         for name, result in (
             ("warm-up", warm),
             ("warm-up signups", warm_signups),
-            ("floor", floor),
-            ("signups", signups),
+            *((f"floor round {i + 1}", result) for i, result in enumerate(floors)),
+            *((f"signups round {i + 1}", result) for i, result in enumerate(signup_rounds)),
         ):
             errors = {
                 k: result[k]
