@@ -5,8 +5,8 @@ from audience import views
 app_name = "audience"
 
 urlpatterns = [
+    path("f/<slug:key>/submit", views.signup_submit, name="signup-submit"),  # the busiest
     path("f/<slug:key>/", views.signup_page, name="signup-page"),
-    path("f/<slug:key>/submit", views.signup_submit, name="signup-submit"),
     path("f/<slug:key>/frame/", views.signup_frame, name="signup-frame"),
     path("f/<slug:key>/embed.js", views.signup_script, name="signup-script"),
     path("f/<slug:key>/thanks/", views.signup_thanks, name="signup-thanks"),

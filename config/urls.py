@@ -8,9 +8,10 @@ admin.site.site_title = "Stillhere"
 admin.site.index_title = "Your audience, your list"
 
 urlpatterns = [
+    # The public endpoints first: a signup surge is matched before the admin is tried.
+    path("", include("audience.urls")),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
     # Provider tracking webhooks; campaigns.feedback handles what they report.
     path("anymail/", include("anymail.urls")),
-    path("", include("audience.urls")),
 ]

@@ -1,4 +1,5 @@
 import time
+from urllib.parse import urlencode
 
 import pytest
 from django.urls import reverse
@@ -36,6 +37,32 @@ def test_script_embed_signup_answers_json_with_cors_for_the_shop(
     assert contact.status == "pending"
     assert contact.consent_events.get().method == "form-script"
     assert len(mailoutbox) == 1
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "application/x-www-form-urlencoded;charset=UTF-8"],
+)
+def test_an_urlencoded_signup_is_read_as_the_browser_sent_it(client, form, content_type):
+    # What both embeds send; a repeated field counts by its last value, as in request.POST.
+    fields = [("email", "first@example.com"), ("first_name", "Zoë Ann+Lee"), ("consent", "on")]
+    fields += [("ts", render_stamp(form)), ("email", " Anna+1@Example.com ")]
+    url = f"/f/{form.public_key}/submit"
+    response = client.post(url, urlencode(fields), content_type=content_type, **JSON)
+    assert response.status_code == 200, response.content
+    contact = Contact.objects.get()
+    assert (contact.email, contact.first_name) == ("anna+1@example.com", "Zoë Ann+Lee")
+
+
+def test_a_body_that_is_not_utf8_gets_a_field_error_and_stores_nothing(client, form):
+    body = b"email=\xff\xfe@example.com&consent=on&ts=" + render_stamp(form).encode()
+    response = client.post(
+        f"/f/{form.public_key}/submit", body, content_type="application/x-www-form-urlencoded",
+        **JSON,
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert "email" in response.json()["errors"]
+    assert not Contact.objects.exists()
 
 
 def test_plain_html_signup_redirects_to_the_thank_you_page(client, form):
