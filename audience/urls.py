@@ -4,6 +4,8 @@ from audience import views
 
 app_name = "audience"
 
+# Included first in config/urls.py: no pattern here may match the admin's, healthz's or
+# anymail's paths (no catch-all).
 urlpatterns = [
     path("f/<slug:key>/submit", views.signup_submit, name="signup-submit"),  # the busiest
     path("f/<slug:key>/", views.signup_page, name="signup-page"),

@@ -246,6 +246,25 @@ def paced_main(argv: list[str]) -> None:
 # --- the benchmark ------------------------------------------------------------------
 
 
+def bench_form():
+    """The benchmark's signup form: double opt-in, a consent box, an optional name."""
+    from audience.models import SignupForm
+
+    signup_form, _ = SignupForm.objects.update_or_create(
+        public_key=FORM_KEY,
+        defaults={
+            "name": "Benchmark",
+            "allowed_origins": SHOP_ORIGIN,
+            "double_opt_in": True,
+            "consent_text": CONSENT,
+            "name_field": "optional",
+            "phone_field": "hidden",
+            "enabled": True,
+        },
+    )
+    return signup_form
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -530,22 +549,10 @@ def main() -> int:
     from django.conf import settings
 
     from audience.forms import render_stamp
-    from audience.models import ConsentEvent, Contact, SignupForm
+    from audience.models import ConsentEvent, Contact
     from config.celery import app as celery_app
 
-    signup_form, _ = SignupForm.objects.update_or_create(
-        public_key=FORM_KEY,
-        defaults={
-            "name": "Benchmark",
-            "allowed_origins": SHOP_ORIGIN,
-            "double_opt_in": True,
-            "consent_text": CONSENT,
-            "name_field": "optional",
-            "phone_field": "hidden",
-            "enabled": True,
-        },
-    )
-    stamp = render_stamp(signup_form)
+    stamp = render_stamp(bench_form())
     run = secrets.token_hex(4)
     domain = f"r{run}.bench.example"
     celery_app.control.purge()
