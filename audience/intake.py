@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 STREAM = "signup-buffer"  # a cache key: the cache's prefix is added
 FAILED_STREAM = "signup-buffer:failed"
-_FLAG = "signup-buffer:drain-queued"
+DRAIN_QUEUED_FLAG = "signup-buffer:drain-queued"
 _VERSION = 1
 
 
@@ -83,7 +83,7 @@ def signup(
                 limits,
                 stream=STREAM,
                 entry=json.dumps(values, ensure_ascii=False),
-                flag=_FLAG,
+                flag=DRAIN_QUEUED_FLAG,
                 flag_ms=round(settings.SIGNUP_BUFFER_SECONDS * 1000),
             )
         except RedisError:

@@ -547,7 +547,9 @@ def main() -> int:
 
     django.setup()
     from django.conf import settings
+    from django.core.cache import cache
 
+    from audience import intake
     from audience.forms import render_stamp
     from audience.models import ConsentEvent, Contact
     from config.celery import app as celery_app
@@ -558,6 +560,9 @@ def main() -> int:
     celery_app.control.purge()
     _purge_queue(redis_url, settings.BENCH_CONFIRMATIONS_QUEUE)
     queued_before = _queued_tasks(redis_url)
+    # A flag left by a run with a longer SIGNUP_BUFFER_SECONDS would keep this run's
+    # signups from queuing their drain until it expired (no beat sweep runs here).
+    cache.delete(intake.DRAIN_QUEUED_FLAG)
 
     lua = var_dir / "signup.lua"
     lua.write_text(WRK_LUA)

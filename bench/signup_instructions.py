@@ -106,6 +106,8 @@ def main() -> int:
     import django
 
     django.setup()
+    from django.core.cache import cache
+
     from audience import intake
     from audience.forms import render_stamp
     from audience.models import Contact
@@ -124,7 +126,10 @@ def main() -> int:
     finally:
         intake.drain()
         Contact.objects.filter(email__endswith=domain).delete()
-        celery_app.control.purge()  # the drain tasks the signups queued
+        celery_app.control.purge()  # the drain task the signups queued
+        # The hour-long flag would keep the next signups on this Redis from queuing
+        # their drain (bench/signup.py would wait for it in vain).
+        cache.delete(intake.DRAIN_QUEUED_FLAG)
         shutil.rmtree(var_dir, ignore_errors=True)
     print(f"signup / trivial {per_request['signup'] / per_request['trivial']:8.2f}")
     return 0
