@@ -62,8 +62,10 @@ def _redis_client():
 # Count one hit in each bucket (KEYS[1..n], ARGV[1] = n, then limit and seconds for
 # each); unless one is over, append ARGV[2n+2] to the stream KEYS[n+1] (if given) and
 # set the flag KEYS[n+2] for ARGV[2n+3] ms. Returns -1 when over a limit, else 1 if
-# this call set the flag (its caller schedules the drain), else 0. A script, so that
-# counting and appending are one round trip and one atomic step.
+# this call set the flag (its caller schedules the drain), else 0. A flag set for longer
+# (SIGNUP_BUFFER_SECONDS since lowered) is cut to ARGV[2n+3] ms, so that the next flag,
+# and the drain it queues, come on the new schedule. A script, so that counting and
+# appending are one round trip and one atomic step.
 _COUNT_THEN_APPEND = """
 local n = tonumber(ARGV[1])
 local over = false
@@ -76,6 +78,9 @@ if over then return -1 end
 if #KEYS == n then return 0 end
 redis.call('XADD', KEYS[n + 1], '*', 'v', ARGV[2 * n + 2])
 if redis.call('SET', KEYS[n + 2], '1', 'NX', 'PX', ARGV[2 * n + 3]) then return 1 end
+if redis.call('PTTL', KEYS[n + 2]) > tonumber(ARGV[2 * n + 3]) then
+  redis.call('PEXPIRE', KEYS[n + 2], ARGV[2 * n + 3])
+end
 return 0
 """
 _SHA = hashlib.sha1(_COUNT_THEN_APPEND.encode()).hexdigest()  # noqa: S324 (Redis's script id)

@@ -82,8 +82,8 @@ def _wants_json(request: HttpRequest) -> bool:
 def _posted(request: HttpRequest) -> Mapping[str, str]:
     """The submitted fields. The embeds post urlencoded UTF-8: parsed here into a plain
     dict (the last value of a repeated field wins, as with QueryDict.get), at a third of
-    what building request.POST costs (bench/signup.py). Anything else, and anything odd,
-    goes through request.POST, which also says what is wrong with it."""
+    what building request.POST costs (see bench/signup_instructions.py). Anything else,
+    and anything odd, goes through request.POST, which also says what is wrong with it."""
     urlencoded = request.content_type == "application/x-www-form-urlencoded"
     if not urlencoded or (request.encoding or "utf-8").lower() != "utf-8":
         return request.POST

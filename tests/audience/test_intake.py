@@ -179,6 +179,25 @@ def test_a_burst_of_signups_queues_one_drain_for_the_buffer_window(
     assert Contact.objects.filter(email__startswith="burst").count() == 3
 
 
+@needs_redis
+@pytest.mark.django_db
+def test_a_drain_flag_from_a_longer_buffer_window_is_cut_to_the_new_one(
+    client, form, buffer, queued_drains, settings
+):
+    # SIGNUP_BUFFER_SECONDS lowered from an hour: the next signups must not wait an hour
+    # (or for beat's sweep) to queue their drain.
+    flag = cache.make_key(intake.DRAIN_QUEUED_FLAG)
+    throttle._redis_client().set(flag, "1", px=3_600_000)
+    settings.SIGNUP_BUFFER_SECONDS = 0.2
+    _signed_up(client, form, "first@example.com")
+    assert queued_drains == []  # the old flag's drain is on its way
+    assert 0 < throttle._redis_client().pttl(flag) <= 200
+    assert wait_for(lambda: throttle._redis_client().pttl(flag) == -2, timeout=5)
+    _signed_up(client, form, "second@example.com")
+    assert queued_drains == [{"countdown": 0.2, "expires": 60.0}]
+    assert intake.drain() == 2
+
+
 @pytest.mark.usefixtures("buffer", "queued_drains")
 @needs_redis
 @pytest.mark.django_db
