@@ -131,6 +131,9 @@ class Campaign(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "scheduled_at"], name="campaign_due")]
+        # Sending reaches every subscriber and cannot be taken back, so it is a permission
+        # of its own: editing a draft (change_campaign) does not imply the right to send it.
+        permissions = [("send_campaign", "Can send campaigns")]
 
     def __str__(self) -> str:
         return self.name
