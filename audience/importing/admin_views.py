@@ -181,6 +181,10 @@ class ImportJobAdmin(admin.ModelAdmin):
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The admin's own URL takes any text here (…/importjob/abc/change/); only a
+        # number can name a job, and anything else is a page that does not exist.
+        if not str(object_id).isascii() or not str(object_id).isdigit():
+            raise Http404("No such import")
         job = self._job(request, int(object_id))
         if job.status == ImportJob.Status.UPLOADED:
             return redirect("admin:audience_importjob_preview", job.pk)

@@ -221,3 +221,15 @@ def test_beat_resumes_an_import_whose_worker_was_killed(celery_worker, admin_cli
     url = reverse("admin:audience_importjob_progress_json", args=[job.pk])
     assert wait_for(lambda: admin_client_.get(url).json()["status"] == "done")
     assert wait_for(lambda: Contact.objects.filter(status="subscribed").exists())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("object_id", ["abc", "1x", "٣", "-1"])
+def test_a_non_numeric_import_job_id_is_not_found(admin_client_, object_id):
+    # The admin's change URL accepts any text as the id; a typo or a probe is a 404.
+    for url in (
+        f"/admin/audience/importjob/{object_id}/change/",
+        f"/admin/audience/importjob/{object_id}/",
+    ):
+        response = admin_client_.get(url, follow=True)
+        assert response.status_code == 404, url
