@@ -19,6 +19,7 @@ from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.selectors import campaign_progress, campaign_recipients
 from campaigns.tasks import start_due_campaigns, sweep_stale_claims
 from tests.factories import ContactFactory, TagFactory
+from tests.polling import wait_for
 
 POSTAL = "Stillhere Shop\n1 Harbour Road\nPortsmouth"
 
@@ -52,12 +53,9 @@ def _campaign(**kwargs) -> Campaign:
 
 
 def _wait(predicate, timeout=30.0, interval=0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+    # tests.polling's wait_for looks again when SQLite says "table is locked" while a
+    # worker thread writes; a bare loop here once failed the suite on that.
+    return wait_for(predicate, timeout=timeout, interval=interval)
 
 
 def _status(campaign: Campaign) -> str:
