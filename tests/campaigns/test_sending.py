@@ -423,3 +423,51 @@ def test_send_campaign_command_starts_the_campaign(sender, capsys):
     call_command("send_campaign", str(campaign.pk))
     assert _status(campaign) == Campaign.Status.SENDING
     assert "1 recipients" in capsys.readouterr().out
+
+
+def _dead_workers_campaign() -> tuple[Campaign, DeliveryChunk]:
+    """A campaign whose only chunk was claimed by a worker that died ten minutes ago."""
+    campaign = _campaign(name="Stuck")
+    Campaign.objects.filter(pk=campaign.pk).update(
+        status=Campaign.Status.SENDING, total_count=1, started_at=timezone.now()
+    )
+    Delivery.objects.create(campaign=campaign, contact=ContactFactory(), chunk=0)
+    chunk = DeliveryChunk.objects.create(
+        campaign=campaign,
+        number=0,
+        status="claimed",
+        claim_token="dead",
+        claimed_at=timezone.now() - timedelta(minutes=10),
+    )
+    return campaign, chunk
+
+
+def test_housekeeping_has_its_own_queue_that_a_plain_worker_consumes():
+    from config.celery import app
+
+    route = app.amqp.router.route({}, "campaigns.tasks.sweep_stale_claims")
+    assert route["queue"].name == "housekeeping"
+    assert app.amqp.router.route({}, "campaigns.tasks.send_chunk")["queue"].name == "celery"
+    # What `celery -A config worker` consumes when given no -Q: every configured queue.
+    assert {"celery", "housekeeping"} <= set(app.amqp.queues)
+
+
+@pytest.mark.worker
+def test_a_sweep_is_not_stuck_behind_a_blasts_chunk_tasks(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CLAIM_TIMEOUT = 60
+    settings.CAMPAIGN_CHUNK_SIZE = 1
+    SenderSettings.objects.filter(pk=1).update(rate_per_second=2)
+    stuck, chunk = _dead_workers_campaign()
+    for _ in range(24):
+        ContactFactory()
+    blast = services.campaign_start(campaign=_campaign())  # 25 chunk tasks, ~12 s at 2/s
+    assert _wait(lambda: esp.state.stats()["recipients"] >= 1)
+    consumed = {queue.name for queue in celery_worker.consumer.task_consumer.queues}
+    assert "housekeeping" in consumed
+
+    sweep_stale_claims.delay()
+    # In one FIFO queue the sweep would wait for the blast's remaining chunk tasks.
+    assert _wait(lambda: DeliveryChunk.objects.get(pk=chunk.pk).requeued, timeout=4)
+    assert esp.state.stats()["recipients"] < 15
+    services.campaign_cancel(campaign=blast)
+    services.campaign_cancel(campaign=stuck)
