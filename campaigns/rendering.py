@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import html as htmllib
 import json
 import re
 import time
@@ -41,7 +42,7 @@ from django.template import (
     defaultfilters,
     defaulttags,
 )
-from django.template.base import TextNode, VariableNode
+from django.template.base import Node, TextNode, VariableNode
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -74,13 +75,94 @@ for _name in _SAFE_FILTERS:
 for _name in _SAFE_TAGS:
     _library.tags[_name] = defaulttags.register.tags[_name]
 
+# Links survive only with one of these schemes, whatever a merge field puts in them.
+SAFE_URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+_URL_NOISE = "".join(chr(c) for c in range(0x21))  # what a browser strips from the ends
+
+
+def safe_url(url: str) -> str:
+    """`url` if it is an http, https, mailto or tel link, else "".
+
+    Read as a browser reads an href: C0 controls and spaces at either end dropped, tabs
+    and newlines anywhere removed (so " JaVa\tScRiPt:" is javascript:). A URL without a
+    scheme is refused too: a relative link means nothing in an email."""
+    url = url.strip(_URL_NOISE).replace("\t", "").replace("\n", "").replace("\r", "")
+    match = _SCHEME_RE.match(url)
+    if match is None or match.group(1).lower() not in SAFE_URL_SCHEMES:
+        return ""
+    return url
+
+
+class _SafeUrlNode(Node):
+    """A link target with merge fields in it, checked per contact once filled in.
+
+    The sanitiser only ever sees the placeholder, so the check has to happen after the
+    merge: the whole value is rendered, read as the browser would read it, and kept only
+    with a safe scheme. In HTML it renders the whole attribute (` href="…"`), or nothing,
+    so an unsafe target leaves plain text; in the text part ` (url)`, or nothing."""
+
+    def __init__(self, attribute: str, nodelist):
+        self.attribute = attribute
+        self.nodelist = nodelist
+
+    def render(self, context) -> str:
+        value = self.nodelist.render(context)
+        # HTML parts render escaped (literals were escaped too): the browser's value is
+        # the unescaped one, so entity-encoded schemes are caught here.
+        url = safe_url(htmllib.unescape(value) if context.autoescape else value)
+        if not url:
+            return ""
+        if self.attribute == "text":
+            return f" ({url})"
+        return f' {self.attribute}="{htmllib.escape(url)}"'
+
+
+class _PlainNode(Node):
+    """Plain text (the subject, the preheader) placed in HTML: rendered unescaped, as
+    the text part has it, then escaped whole, so neither its literal text nor an
+    {% if %} block's body can put markup into the page."""
+
+    def __init__(self, nodelist):
+        self.nodelist = nodelist
+
+    def render(self, context) -> str:
+        autoescape = context.autoescape
+        context.autoescape = False
+        try:
+            value = self.nodelist.render(context)
+        finally:
+            context.autoescape = autoescape
+        return htmllib.escape(value)
+
+
+# Tags the skeleton compiler writes itself: only the compiling engine knows them, so
+# an author who types one gets check_template's "invalid block tag".
+_internal_library = Library()
+
+
+@_internal_library.tag("zqsafeurl")
+def _safe_url_tag(parser, token):
+    attribute = token.split_contents()[1]
+    nodelist = parser.parse(("endzqsafeurl",))
+    parser.delete_first_token()
+    return _SafeUrlNode(attribute, nodelist)
+
+
+@_internal_library.tag("zqplain")
+def _plain_tag(parser, token):
+    nodelist = parser.parse(("endzqplain",))
+    parser.delete_first_token()
+    return _PlainNode(nodelist)
+
+
 _engine = Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, builtins=[])
 _engine.template_builtins = [_library]
 # The same sandbox with debug on, only for compiling skeletons: it records where each
 # tag sits in the source, which is how a slot knows its whole text (an {% if %} block
 # with its body) and which contact fields it reads.
 _source_engine = Engine(dirs=[], app_dirs=False, loaders=[], libraries={}, builtins=[], debug=True)
-_source_engine.template_builtins = [_library]
+_source_engine.template_builtins = [_library, _internal_library]
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 CONTACT_FIELDS = ("email", "first_name", "last_name", "full_name", "phone", "attributes")
@@ -170,9 +252,60 @@ def _restore(text: str, tags: list[str]) -> str:
     return _HOLE_RE.sub(lambda m: tags[int(m.group(1))], text)
 
 
-def markdown_to_html(source: str) -> str:
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+_URL_MARK_RE = re.compile(r"zqurl(\d+)qz")
+_URL_ATTRIBUTE_MARK_RE = re.compile(r' (\w+)="zqurl(\d+)qz"')
+
+
+def markdown_to_html(source: str, urls: list[str] | None = None) -> str:
+    """Markdown (and raw HTML) → sanitised HTML: only safe tags and attributes, and links
+    only with an http, https, mailto or tel scheme.
+
+    With `urls` given, a link target holding a protected merge field (a hole) is set
+    aside there, decoded, and replaced by a `zqurl<n>qz` mark: its scheme is known only
+    once the field is filled in, so _mark_urls turns it into a per-contact check."""
+
+    def set_aside(element: str, attribute: str, value: str) -> str:
+        if urls is not None and attribute in _URL_ATTRIBUTES and _HOLE_RE.search(value):
+            urls.append(value)
+            return f"zqurl{len(urls) - 1}qz"
+        return value
+
     html = markdown.markdown(source, extensions=["extra", "sane_lists"], output_format="html")
-    return nh3.clean(html, tags=_HTML_TAGS, attributes=_HTML_ATTRIBUTES)
+    return nh3.clean(
+        html,
+        tags=_HTML_TAGS,
+        attributes=_HTML_ATTRIBUTES,
+        url_schemes=set(SAFE_URL_SCHEMES),
+        attribute_filter=set_aside,
+    )
+
+
+def _mark_urls(html: str, text: str, urls: list[str]) -> tuple[str, str]:
+    """Each set-aside link target as a {% zqsafeurl %} block: escaped in the HTML part
+    (which renders escaped), as it was in the text part (which renders raw)."""
+
+    def in_html(match: re.Match) -> str:
+        attribute, index = match.group(1), int(match.group(2))
+        if index >= len(urls):
+            return match.group(0)
+        value = htmllib.escape(urls[index])
+        return f"{{% zqsafeurl {attribute} %}}{value}{{% endzqsafeurl %}}"
+
+    def in_text(match: re.Match) -> str:
+        index = int(match.group(1))
+        if index >= len(urls):
+            return match.group(0)
+        return f"{{% zqsafeurl text %}}{urls[index]}{{% endzqsafeurl %}}"
+
+    return _URL_ATTRIBUTE_MARK_RE.sub(in_html, html), _URL_MARK_RE.sub(in_text, text)
+
+
+def _plain_in_html(text: str) -> str:
+    """Template source that shows plain text `text` (with its merge fields) in HTML."""
+    if not _TAG_RE.search(text):
+        return htmllib.escape(text)
+    return "{% zqplain %}" + text + "{% endzqplain %}"
 
 
 class _TextMaker(HTMLParser):
@@ -218,7 +351,9 @@ class _TextMaker(HTMLParser):
         if tag == "a" and self.href:
             href = self.href.pop()
             text = self.link_text.pop().strip()
-            if href and href != text and not href.startswith("#"):
+            if href and _URL_MARK_RE.fullmatch(href):
+                self.out.append(href)  # a checked target: it writes its own " (url)"
+            elif href and href != text and not href.startswith("#"):
                 self.out.append(f" ({href})")
         elif tag == "pre":
             self.pre = max(0, self.pre - 1)
@@ -544,15 +679,19 @@ def _build(campaign, sender) -> Skeleton:
         check_template(text)
     builder = _SkeletonBuilder()
     protected, tags = _protect(campaign.body or "")
-    body_html = _restore(markdown_to_html(protected), tags)
-    body_text = _restore(html_to_text(markdown_to_html(protected)), tags)
+    urls: list[str] = []
+    clean = markdown_to_html(protected, urls)
+    body_html, body_text = _mark_urls(clean, html_to_text(clean), urls)
+    body_html, body_text = _restore(body_html, tags), _restore(body_text, tags)
 
     subject = " ".join((campaign.subject or "").split())
     subject_part = builder.template_part(subject, autoescape=False)
     pieces_html = {
         "body": builder.template_part(body_html, autoescape=True),
-        "preheader": builder.template_part(campaign.preheader or "", autoescape=True),
-        "subject": builder.template_part(subject, autoescape=True),
+        "preheader": builder.template_part(
+            _plain_in_html(campaign.preheader or ""), autoescape=True
+        ),
+        "subject": builder.template_part(_plain_in_html(subject), autoescape=True),
     }
     pieces_text = {
         "body": builder.template_part(body_text, autoescape=False),

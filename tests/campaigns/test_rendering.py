@@ -1,5 +1,8 @@
 """Rendering: the sandboxed merge fields, Markdown, escaping, layout and headers."""
 
+import html
+import re
+
 import pytest
 from django.core.exceptions import ValidationError
 
@@ -169,3 +172,156 @@ def test_blocks_with_the_same_condition_keep_their_own_bodies_and_values_per_con
     assert "A Bo / B" in second.text
     assert "A " not in nobody.text.split("--")[0]
     assert " / " in nobody.text
+
+
+# --- what a subject, a preheader or a merge field can put into the HTML -------------------
+
+
+def test_subject_and_preheader_are_text_in_the_html_whatever_they_hold():
+    campaign = Campaign(
+        pk=97,
+        name="c",
+        subject="Sale</title><script>alert(1)</script> {{ first_name }}",
+        preheader='Hi {% if first_name %}<img src=x onerror="alert(2)">{% endif %} & more',
+        body="Body",
+    )
+    contact = Contact(pk=7, email="ann@example.com", first_name="<b>Ann</b>")
+    message = render_message(campaign=campaign, contact=contact, sender=_sender())
+    assert "<script>" not in message.html
+    assert "<img src=x" not in message.html
+    assert "<b>Ann" not in message.html
+    title = message.html.split("<title>")[1].split("</title>")[0]
+    assert title == (
+        "Sale&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;Ann&lt;/b&gt;"
+    )
+    assert "Hi &lt;img src=x onerror=&quot;alert(2)&quot;&gt; &amp; more" in message.html
+    # The mail's own subject is plain text, as typed.
+    assert message.subject == "Sale</title><script>alert(1)</script> <b>Ann</b>"
+
+
+UNSAFE_LINKS = [
+    "javascript:alert(1)",
+    " JaVaScRiPt:alert(1)",
+    "\x01java\tscript:alert(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "&#106;avascript:alert(1)",
+    "&#x6A;avascript&colon;alert(1)",
+    "vbscript:msgbox(1)",
+    "//evil.example/x",
+]
+
+
+def _link_contact(link: str) -> Contact:
+    return Contact(pk=7, email="ann@example.com", first_name="Ann", attributes={"link": link})
+
+
+@pytest.mark.parametrize("link", UNSAFE_LINKS)
+def test_a_merge_field_cannot_make_an_unsafe_link(link):
+    body = (
+        "[Markdown]({{ attributes.link }}) "
+        '<a href="{{ attributes.link }}">raw</a> '
+        '<a href="java{{ attributes.rest }}">glued</a> '
+        '<img src="{{ attributes.link }}" alt="pic">'
+    )
+    contact = _link_contact(link)
+    contact.attributes["rest"] = "script:alert(3)"
+    message = _render(body, contact=contact)
+    html = message.html.split("<td style=", 2)[2]  # the body onwards, past the logo
+    text = message.text.split("--")[0]
+    assert "script:" not in html.lower()
+    assert "data:" not in html
+    assert "evil.example" not in html
+    assert "Markdown</a>" in html and "raw</a>" in html and "glued</a>" in html
+    for anchor in re.findall(r"<a\b[^>]*>(?:Markdown|raw|glued)</a>", html):
+        assert "href" not in anchor
+    assert '<img alt="pic">' in html
+    assert "script:" not in text.lower()
+    assert "Markdown raw glued" in text
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://corner.example/a?b=1&c=<2>",
+        "http://corner.example/",
+        "mailto:owner@corner.example?subject=Hi",
+        "tel:+14155550100",
+        "  HTTPS://corner.example/upper  ",
+    ],
+)
+def test_http_https_mailto_and_tel_merge_links_keep_working(link):
+    message = _render("[Go]({{ attributes.link }})", contact=_link_contact(link))
+    kept = link.strip()
+    assert f'href="{html.escape(kept)}"' in message.html
+    assert f"Go ({kept})" in message.text
+
+
+def test_literal_links_keep_only_safe_schemes():
+    body = "[a](ftp://corner.example/f) [b](https://corner.example/ok) [c](sms:+1415)"
+    message = _render(body)
+    assert 'href="https://corner.example/ok"' in message.html
+    assert "ftp:" not in message.html
+    assert "sms:" not in message.html
+
+
+@pytest.fixture
+def shop(transactional_db):
+    from campaigns import ratelimit
+
+    ratelimit.reset()
+    SenderSettings.objects.update_or_create(
+        pk=1,
+        defaults={
+            "from_name": "Corner Shop",
+            "from_email": "news@corner.example",
+            "postal_address": "2 Market Street",
+        },
+    )
+    yield SenderSettings.load()
+    ratelimit.reset()
+
+
+@pytest.mark.parametrize("mode", [Campaign.SendMode.PER_MESSAGE, Campaign.SendMode.BATCH])
+def test_what_the_provider_receives_is_escaped_and_safe_in_both_sending_modes(esp, shop, mode):
+    from campaigns import sending, services
+
+    bad = Contact.objects.create(
+        email="bad@example.com",
+        status=Contact.Status.SUBSCRIBED,
+        first_name="<b>Bad</b>",
+        attributes={"link": " JaVaScRiPt:alert(1)"},
+    )
+    good = Contact.objects.create(
+        email="good@example.com",
+        status=Contact.Status.SUBSCRIBED,
+        first_name="Good",
+        attributes={"link": "https://corner.example/good"},
+    )
+    campaign = services.campaign_start(
+        campaign=Campaign.objects.create(
+            name="c",
+            subject="Deals <script>x</script> for {{ first_name }}",
+            preheader="<i>today</i>",
+            body="Hi {{ first_name }}, [your page]({{ attributes.link }})",
+            send_mode=mode,
+        )
+    )
+    sending.chunk_send(campaign_id=campaign.pk, chunk=0)
+
+    messages = {m["to"]: m for m in esp.state.messages()}
+    assert sorted(messages) == [bad.email, good.email]
+    if mode == Campaign.SendMode.BATCH:
+        assert "%recipient." in esp.state.raw[0][1]["html"][0]
+    for message in messages.values():
+        assert "<script>" not in message["html"]
+        assert "<i>today" not in message["html"]
+        assert "&lt;i&gt;today&lt;/i&gt;" in message["html"]
+    assert "<b>Bad" not in messages[bad.email]["html"]
+    assert (
+        "<title>Deals &lt;script&gt;x&lt;/script&gt; for &lt;b&gt;Bad&lt;/b&gt;</title>"
+        in (messages[bad.email]["html"])
+    )
+    assert "javascript" not in messages[bad.email]["html"].lower()
+    assert "your page</a>" in messages[bad.email]["html"]
+    assert 'href="https://corner.example/good"' in messages[good.email]["html"]
+    assert messages[bad.email]["subject"] == "Deals <script>x</script> for <b>Bad</b>"
