@@ -23,6 +23,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from audience import exporting, importing
+from audience.importing.jobs import INSPECT_LINES
 from audience.importing.profiles import BY_KEY, GENERIC, default_mapping
 from audience.models import Contact, ImportJob
 
@@ -246,6 +247,7 @@ class ImportJobAdmin(admin.ModelAdmin):
                 targets=importing.TARGETS.items(),
                 preview=preview,
                 error=error,
+                inspect_lines=INSPECT_LINES,
             ),
         )
 

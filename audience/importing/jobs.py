@@ -50,7 +50,15 @@ from audience.importing.profiles import (
     detect_profile,
     guess_email_column,
 )
-from audience.importing.reading import BadRow, Detected, ImportFileError, Reader, check_xlsx, detect
+from audience.importing.reading import (
+    MAX_COLUMNS,
+    BadRow,
+    Detected,
+    ImportFileError,
+    Reader,
+    check_xlsx,
+    detect,
+)
 from audience.importing.rows import Record, RowError
 from audience.importing.upsert import NEW_STATUS_CHOICES, ImportContext, TagCache, import_chunk
 from audience.models import ImportJob
@@ -60,6 +68,10 @@ log = logging.getLogger(__name__)
 
 WRITERS = 2
 SAMPLE_ROWS = 20
+# Lines the upload's check reads (the header and blank lines included); the rest of
+# the file is counted by the import's task.
+INSPECT_LINES = 1_000
+# Lines the preview's dry run reads, in the web request too.
 PREVIEW_COUNT_LIMIT = 20_000
 Progress = Callable[[int, int, Counter], None]
 
@@ -75,23 +87,31 @@ class Inspection:
 
 
 def inspect(f: BinaryIO, *, unknown: str = "attribute", profile_key: str = "") -> Inspection:
-    """Decide how to read the file and map it; raise ImportFileError if it cannot be."""
+    """Decide how to read the file and map it; raise ImportFileError if it cannot be.
+
+    This runs in the upload's web request, so it reads a bounded sample: the zip
+    directory of an XLSX, then at most INSPECT_LINES lines. ``rows_total`` is exact when
+    the file ends within them, 0 otherwise (the import's task counts the rest)."""
     detected = detect(f)
     if detected.file_format == "xlsx":
-        check_xlsx(f)
+        check_xlsx(f, max_unpacked=settings.IMPORT_MAX_UNCOMPRESSED_BYTES)
     with Reader(f, detected) as reader:
-        header, _, rows = header_and_rows(reader)
+        header, line, rows = header_and_rows(reader, max_lines=INSPECT_LINES + 1)
+        if len(header) > MAX_COLUMNS:
+            raise ImportFileError(
+                f"The first row has more than {MAX_COLUMNS} columns: this does not look "
+                "like a contact list."
+            )
         sample: list[list[str]] = []
         total = 0
         for row in rows:
+            line += 1
             if isinstance(row, BadRow) or has_content(row):
                 total += 1
                 if len(sample) < SAMPLE_ROWS and not isinstance(row, BadRow):
                     sample.append(row)
-    if len(header) > 500:
-        raise ImportFileError(
-            f"The first row has {len(header)} columns: this does not look like a contact list."
-        )
+        if line > INSPECT_LINES:
+            total = 0  # not counted yet
     profile = BY_KEY.get(profile_key) or detect_profile(header)
     mapping = default_mapping(header, profile, unknown=unknown)
     if "email" not in mapping:
@@ -219,7 +239,7 @@ def job_sample(job: ImportJob, *, n: int = 3) -> list[list[str]]:
     """The first few data rows, raw, to show next to the column mapping."""
     out: list[list[str]] = []
     with job.file.open("rb") as f, Reader(f, _detected(job)) as reader:
-        _, _, rows = header_and_rows(reader)
+        _, _, rows = header_and_rows(reader, max_lines=INSPECT_LINES + 1)
         for row in rows:
             if not isinstance(row, BadRow) and has_content(row):
                 out.append([c[:60] for c in row])
@@ -244,8 +264,10 @@ def job_preview(job: ImportJob, *, show: int = 10, limit: int = PREVIEW_COUNT_LI
     counts: Counter = Counter()
     shown: list[dict] = []
     counted = 0
+    more = False
     with job.file.open("rb") as f:
-        for chunk in chunks(f, spec):
+        for chunk in chunks(f, spec, max_lines=limit):
+            more = more or chunk.more
             for line, reason, _ in chunk.rejected:
                 counts["invalid"] += 1
                 if len(shown) < show:
@@ -260,10 +282,8 @@ def job_preview(job: ImportJob, *, show: int = 10, limit: int = PREVIEW_COUNT_LI
                 if len(shown) >= show:
                     break
                 shown.append(_shown(record, plan.outcome[record.email], new, changes, ctx))
-            if counted >= limit:
-                break
     shown.sort(key=lambda r: r["line"])
-    return Preview(shown, counts, counted, complete=counted >= job.rows_total)
+    return Preview(shown, counts, counted, complete=not more)
 
 
 def _shown(record: Record, outcome: str, new: dict, changes: dict, ctx: ImportContext) -> dict:
@@ -559,6 +579,10 @@ def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
         try:
             spec = _spec(job)
             ctx = _context(job)
+            if not job.rows_total:
+                # The upload's check read a sample; the progress bar needs the total.
+                job.rows_total = _count_rows(job)
+                _this_run(job).update(rows_total=job.rows_total, heartbeat_at=timezone.now())
             tags = TagCache()
             last_saved = 0.0
             source = file_chunks(job.file.open("rb"), spec, size=job.size, path=_local_path(job))
@@ -601,6 +625,17 @@ def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
             _this_run(job).update(rejected=job.rejected.name)
         rejected.detach()
     return _finish(job, ImportJob.Status.DONE, done, counts)
+
+
+def _count_rows(job: ImportJob) -> int:
+    """The file's rows, header and blank lines left out, in one streaming pass (the
+    XLSX checked again first: the limit may have been lowered since the upload)."""
+    with job.file.open("rb") as f:
+        if job.file_format == "xlsx":
+            check_xlsx(f, max_unpacked=settings.IMPORT_MAX_UNCOMPRESSED_BYTES)
+        with Reader(f, _detected(job)) as reader:
+            _, _, rows = header_and_rows(reader)
+            return sum(1 for row in rows if isinstance(row, BadRow) or has_content(row))
 
 
 def _finish(job: ImportJob, status: str, done: int, counts: Counter, error: str = "") -> ImportJob:

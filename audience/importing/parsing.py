@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import operator
 import os
@@ -84,6 +85,7 @@ class Chunk:
     consumed: int  # file rows read, rejected ones included
     merged: int  # rows merged into an address seen earlier in the chunk
     rejected: list[tuple[int, str, list[str]]]  # (line, reason, cells)
+    more: bool = False  # chunks(max_lines=...) stopped before the end of the file
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,13 @@ def has_content(row: list[str]) -> bool:
     return any(row) and not "".join(row).isspace()
 
 
-def header_and_rows(reader: Reader) -> tuple[list[str], int, Iterator]:
-    """Skip blank lines before the header; return it, its line number and the rest."""
+def header_and_rows(reader: Reader, *, max_lines: int = 0) -> tuple[list[str], int, Iterator]:
+    """Skip blank lines before the header; return it, its line number and the rest
+    (no more than ``max_lines`` file lines in all, header and blank lines included, if
+    given: a bounded read for a web request)."""
     rows = reader.rows()
+    if max_lines:
+        rows = itertools.islice(rows, max_lines)
     line = 0
     for row in rows:
         line += 1
@@ -117,20 +123,34 @@ def header_and_rows(reader: Reader) -> tuple[list[str], int, Iterator]:
         header = [cell.replace("\ufeff", "").strip() for cell in row]
         if any(header):
             return header, line, rows
+    if max_lines and line >= max_lines:
+        raise ImportFileError(
+            f"The first {max_lines:,} rows of the file are empty: this does not look like "
+            "a contact list."
+        )
     raise ImportFileError("The file has no rows.")
 
 
-def chunks(f: BinaryIO, spec: ParserSpec, *, chunk_rows: int = 0) -> Iterator[Chunk]:
-    """Parse the file in this process, ``chunk_rows`` (CHUNK) file rows at a time."""
+def chunks(
+    f: BinaryIO, spec: ParserSpec, *, chunk_rows: int = 0, max_lines: int = 0
+) -> Iterator[Chunk]:
+    """Parse the file in this process, ``chunk_rows`` (CHUNK) file rows at a time; no
+    more than ``max_lines`` file lines (blank ones included) if given, the last chunk
+    then saying whether there were ``more``."""
     chunk_rows = chunk_rows or CHUNK
     parser = spec.parser()
     with Reader(f, spec.detected) as reader:
         _, line, rows = header_and_rows(reader)
+        if max_lines:
+            rows = itertools.islice(rows, max(0, max_lines - line) + 1)
         chunk: dict[str, Record] = {}
         rejected: list = []
         consumed = merged = 0
         for row in rows:
             line += 1
+            if max_lines and line > max_lines:
+                yield Chunk(list(chunk.values()), consumed, merged, rejected, more=True)
+                return
             if isinstance(row, BadRow):
                 consumed += 1
                 rejected.append((line, row.reason, []))

@@ -693,3 +693,169 @@ def test_a_run_resumed_elsewhere_does_not_overwrite_the_new_run(monkeypatch):
 
     job = importing.run_job(job.pk, progress=resumed_elsewhere)
     assert (job.status, job.started_at, job.rows_done) == ("running", resumed_at, 0)
+
+
+# --- hostile files: bounded time and memory on every path ---------------------------------
+
+# Run in a child process of its own, so its peak memory is the file's alone (and a file
+# that would eat the machine meets an address-space limit, not the other tests).
+_MEASURE = r"""
+import json, os, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+import django
+django.setup()
+from audience.importing import ImportFileError, inspect
+from audience.importing.parsing import ParserSpec, chunks
+from audience.importing.profiles import GENERIC
+
+mode, path = sys.argv[1], sys.argv[2]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+result = {}
+try:
+    with open(path, "rb") as f:
+        found = inspect(f)
+        result = {"header": found.header, "rows_total": found.rows_total}
+        if mode == "all":  # what the import's task reads: every row
+            spec = ParserSpec(found.detected, found.header, found.mapping, GENERIC.tag_style)
+            got = list(chunks(f, spec))
+            result["records"] = sum(len(c.records) for c in got)
+            result["consumed"] = sum(c.consumed for c in got)
+except ImportFileError as exc:
+    result = {"error": str(exc)}
+except MemoryError:
+    result = {"error": "MemoryError"}
+result["seconds"] = time.perf_counter() - started
+result["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps(result))
+"""
+
+
+def _measure(tmp_path, data: bytes, mode: str = "check", name: str = "f.xlsx") -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / name
+    path.write_bytes(data)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
+    env.setdefault("SECRET_KEY", "test-only-secret-0123456789-0123456789-0123456789")
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE, mode, str(path)],
+            capture_output=True, text=True, timeout=60, env=env, cwd=root,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"reading {name} ({mode}) took more than 60 s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_shared_strings_zip_bomb_is_refused_from_the_zip_directory_at_once(tmp_path):
+    from tests.audience.hostile_xlsx import shared_strings_bomb
+
+    data = shared_strings_bomb(unpacked=3 * 1024**3)
+    assert len(data) < 10 * 1024 * 1024  # 3 GB of shared strings in a few MB
+    got = _measure(tmp_path, data)
+    assert "unpacks to 3,072 MB" in got.get("error", ""), got
+    assert "IMPORT_MAX_UNCOMPRESSED_BYTES" in got["error"]
+    assert got["seconds"] < 2, got
+    assert got["grew_mb"] < 64, got
+
+
+def test_shared_strings_under_the_total_but_too_big_to_hold_in_memory_are_refused(tmp_path):
+    from tests.audience.hostile_xlsx import shared_strings_bomb
+
+    # 1 GB: within IMPORT_MAX_UNCOMPRESSED_BYTES (2 GB), but openpyxl would hold every
+    # string in memory; only the streamed sheet may take the large share.
+    got = _measure(tmp_path, shared_strings_bomb(unpacked=1024**3))
+    assert "shared strings, styles and other parts unpack to 1,024 MB" in got.get("error", "")
+    assert got["seconds"] < 2 and got["grew_mb"] < 64, got
+
+
+@pytest.mark.parametrize("mode", ["check", "all"])
+def test_a_sheet_claiming_16384_columns_and_a_million_rows_reads_only_its_cells(tmp_path, mode):
+    from tests.audience.hostile_xlsx import huge_dimension
+
+    data = huge_dimension()
+    assert len(data) < 8 * 1024
+    got = _measure(tmp_path, data, mode)
+    assert got.get("header") == ["Email", "First Name"], got
+    assert got["rows_total"] == 2
+    if mode == "all":
+        assert (got["records"], got["consumed"]) == (2, 2)
+    assert got["seconds"] < 2 and got["grew_mb"] < 64, got
+
+
+def test_a_sheet_that_unpacks_to_more_than_its_directory_says_fails_in_bounded_memory(
+    tmp_path,
+):
+    from tests.audience.hostile_xlsx import lying_sheet
+
+    # It passes the upload's check (the directory claims 512 KB, the first rows are
+    # good); reading on stops where the directory said, and the CRC says the rest lies.
+    data = lying_sheet(claims=512 * 1024, unpacks=1024**3)
+    checked = _measure(tmp_path, data, "check")
+    assert checked.get("header") == ["Email", "First Name"], checked
+    got = _measure(tmp_path, data, "all")
+    assert "damaged" in got.get("error", ""), got
+    assert got["grew_mb"] < 64, got
+
+
+def test_a_csv_that_is_one_huge_line_is_read_in_bounded_memory(tmp_path):
+    data = b"Email\r\n" + b"x" * (200 * 1024 * 1024) + b"\r\nada@example.com\r\n"
+    got = _measure(tmp_path, data, "all", name="line.csv")
+    assert got.get("header") == ["Email"], got
+    assert got["records"] == 1  # the long line is rejected rows, the address imported
+    assert got["grew_mb"] < 64, got
+
+
+def test_the_upload_check_reads_a_sample_and_the_task_counts_the_rest(monkeypatch):
+    from audience.importing import jobs
+
+    monkeypatch.setattr(jobs, "INSPECT_LINES", 50)
+    rows = [["Email"]] + [[f"p{i}@example.com"] for i in range(120)]
+    job = importing.job_create(f=io.BytesIO(csv_bytes(rows)), name="c.csv", size=1)
+    assert job.rows_total == 0  # not read past the sample
+    preview = importing.job_preview(job)
+    assert preview.complete and preview.counts["new"] == 120
+    job = importing.job_start(job=job, options={}, dispatch=False)
+    job = importing.run_job(job.pk)
+    assert (job.status, job.rows_total, job.rows_done) == ("done", 120, 120)
+
+
+def test_the_preview_reads_a_bounded_number_of_lines(monkeypatch):
+    rows = [["Email"]] + [[f"p{i}@example.com"] for i in range(30)]
+    job = importing.job_create(f=io.BytesIO(csv_bytes(rows)), name="c.csv", size=1)
+    preview = importing.job_preview(job, limit=11)
+    assert not preview.complete
+    assert preview.counted_rows == 10 and preview.counts["new"] == 10
+
+
+def test_a_hostile_xlsx_imports_its_real_cells_and_a_lying_one_fails_the_job():
+    from tests.audience.hostile_xlsx import huge_dimension, lying_sheet
+
+    job = run(huge_dimension(), "wide.xlsx")
+    assert (job.status, job.rows_done) == ("done", 2)
+    assert contact("grace@example.com").first_name == "Grace"
+
+    data = lying_sheet(rows=30, claims=256 * 1024, unpacks=64 * 1024 * 1024)
+    job = importing.job_create(f=io.BytesIO(data), name="lies.xlsx", size=len(data))
+    job = importing.job_start(job=job, options={}, dispatch=False)
+    job = importing.run_job(job.pk)
+    assert job.status == "failed"
+    assert "This Excel file is damaged or incomplete" in job.error
+
+
+def test_import_contacts_command_refuses_a_zip_bomb_with_a_clear_error(tmp_path):
+    from tests.audience.hostile_xlsx import shared_strings_bomb
+
+    path = tmp_path / "bomb.xlsx"
+    path.write_bytes(shared_strings_bomb())
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"unpacks to 3,072 MB.*IMPORT_MAX_UNCOMPRESSED"):
+        call_command("import_contacts", str(path))
+    assert time.monotonic() - started < 2
+    assert ImportJob.objects.count() == 0

@@ -233,3 +233,17 @@ def test_a_non_numeric_import_job_id_is_not_found(admin_client_, object_id):
     ):
         response = admin_client_.get(url, follow=True)
         assert response.status_code == 404, url
+
+
+@pytest.mark.django_db
+def test_an_xlsx_zip_bomb_upload_is_answered_at_once_with_a_form_error(admin_client_):
+    from tests.audience.hostile_xlsx import shared_strings_bomb
+
+    data = shared_strings_bomb()
+    started = time.monotonic()
+    response = _upload(admin_client_, "bomb.xlsx", data)
+    assert time.monotonic() - started < 2
+    assert response.status_code == 200
+    errors = response.context["form"].errors["file"]
+    assert "unpacks to 3,072 MB" in errors[0] and "IMPORT_MAX_UNCOMPRESSED_BYTES" in errors[0]
+    assert ImportJob.objects.count() == 0

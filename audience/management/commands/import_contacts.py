@@ -51,7 +51,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{path.name}: {job.profile}, {job.file_format}"
             + (f" ({job.encoding}, delimiter {job.delimiter!r})" if job.encoding else "")
-            + f", {job.rows_total} rows"
+            + (f", {job.rows_total} rows" if job.rows_total else ", rows counted as it runs")
         )
         for name, target in zip(job.columns, job.mapping, strict=False):
             self.stdout.write(f"  {name!r:40} → {target}")
