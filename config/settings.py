@@ -197,18 +197,8 @@ CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500, minimum=1)
 CAMPAIGN_CLAIM_TIMEOUT = env_int("CAMPAIGN_CLAIM_TIMEOUT", 300, minimum=5)
 # How often a chunk in flight looks for pause/cancel (seconds).
 CAMPAIGN_STATUS_CHECK_SECONDS = env_float("CAMPAIGN_STATUS_CHECK_SECONDS", 1.0, minimum=0)
-# The campaign pauses when the provider (429/5xx/timeouts) has turned chunks away at least
-# this many times and for at least CAMPAIGN_FAILURE_WINDOW seconds with no message getting
-# through; a burst that several workers see at the same instant only slows it down.
+# This many failed chunks in a row (provider 429/5xx/timeouts) pause the campaign.
 CAMPAIGN_MAX_FAILED_CHUNKS = env_int("CAMPAIGN_MAX_FAILED_CHUNKS", 3, minimum=1)
-CAMPAIGN_FAILURE_WINDOW = env_float("CAMPAIGN_FAILURE_WINDOW", 60.0, minimum=0)
-# A pause the provider caused resumes by itself after a growing, capped backoff, at most
-# this many times in a row without a message getting through (0: never by itself).
-CAMPAIGN_AUTO_RESUME_MAX = env_int("CAMPAIGN_AUTO_RESUME_MAX", 12, minimum=0)
-CAMPAIGN_AUTO_RESUME_BACKOFF = env_float("CAMPAIGN_AUTO_RESUME_BACKOFF", 60.0, minimum=0.1)
-CAMPAIGN_AUTO_RESUME_BACKOFF_MAX = env_float(
-    "CAMPAIGN_AUTO_RESUME_BACKOFF_MAX", 1800.0, minimum=0.1
-)
 CAMPAIGN_MAX_RETRIES = env_int("CAMPAIGN_MAX_RETRIES", 8, minimum=0)
 CAMPAIGN_RETRY_BACKOFF = env_float("CAMPAIGN_RETRY_BACKOFF", 5.0, minimum=0)
 CAMPAIGN_RETRY_BACKOFF_MAX = env_float("CAMPAIGN_RETRY_BACKOFF_MAX", 300.0, minimum=0)
@@ -237,12 +227,6 @@ CELERY_BEAT_SCHEDULE = {
     "campaigns-sweep-stale-claims": {
         "task": "campaigns.tasks.sweep_stale_claims",
         "schedule": env_float("CAMPAIGN_SWEEP_SECONDS", 60.0, minimum=1),
-    },
-    # Provider pauses whose time has come (each pause also queues its own resume; this
-    # catches one lost with a worker or the broker).
-    "campaigns-resume-due": {
-        "task": "campaigns.tasks.resume_due_campaigns",
-        "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),
     },
 }
 
@@ -301,20 +285,6 @@ def _anymail_settings(provider: str) -> dict:
 
 
 ANYMAIL = _anymail_settings(EMAIL_PROVIDER) if EMAIL_BACKEND.startswith("anymail") else {}
-# EMAIL_TIMEOUT reaches SMTP by itself; anymail has its own setting (default 30 s), and a
-# send that waits that long is one the worker may send again unknowingly.
-if EMAIL_PROVIDER == "amazon_ses":
-    # boto3's own retries would re-send a message whose answer never came, uncounted;
-    # the chunk task retries instead, and counts it.
-    ANYMAIL["AMAZON_SES_CLIENT_PARAMS"] = {
-        "config": {
-            "connect_timeout": EMAIL_TIMEOUT,
-            "read_timeout": EMAIL_TIMEOUT,
-            "retries": {"total_max_attempts": 1},
-        }
-    }
-elif EMAIL_BACKEND.startswith("anymail"):
-    ANYMAIL["REQUESTS_TIMEOUT"] = EMAIL_TIMEOUT
 # Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/:
 # basic-auth credentials "user:password" you put in the webhook URL at the provider,
 # and Mailgun's own signing key, which it checks instead.
@@ -390,21 +360,10 @@ SIGNUP_RATE_PER_FORM = env_rate("SIGNUP_RATE_PER_FORM", "600/m")
 SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
 # A rendered form's stamp is good for this long; older submits are asked to reload.
 SIGNUP_STAMP_MAX_AGE = env_int("SIGNUP_STAMP_MAX_AGE", 86400, minimum=60)
-# With a Redis that keeps its data, a signup is answered once it is in Redis's signup
-# buffer, and a worker moves it into the database within SIGNUP_BUFFER_SECONDS
-# (audience.buffer). "auto" buffers only while that Redis reports `appendonly yes` (asked
-# every SIGNUP_BUFFER_CHECK_SECONDS): a Redis that restarts without its data would lose
-# every signup waiting in it. "force" buffers whatever Redis reports (check --deploy
-# warns). Off, or auto without persistence: each signup is written before it is answered.
-_SIGNUP_BUFFER_MODES = {"auto": "auto", "on": "auto", "1": "auto", "true": "auto",
-                        "yes": "auto", "force": "force", "off": "", "0": "", "false": "",
-                        "no": "", "": ""}  # fmt: skip
-SIGNUP_BUFFER = (
-    _SIGNUP_BUFFER_MODES[env_choice("SIGNUP_BUFFER", list(_SIGNUP_BUFFER_MODES), "auto")]
-    if REDIS_URL
-    else ""
-)
-SIGNUP_BUFFER_CHECK_SECONDS = env_float("SIGNUP_BUFFER_CHECK_SECONDS", 30, minimum=0)
+# With Redis, a signup is answered once it is in Redis's signup buffer, and a worker
+# moves it into the database within SIGNUP_BUFFER_SECONDS (audience.intake). Off: each
+# signup is written to the database before it is answered (a third to half the rate).
+SIGNUP_BUFFER = env_bool("SIGNUP_BUFFER", True) and bool(REDIS_URL)
 SIGNUP_BUFFER_SECONDS = env_float("SIGNUP_BUFFER_SECONDS", 0.5, minimum=0)
 SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
 # Behind a proxy, the header that carries the visitor's address (e.g. HTTP_X_REAL_IP),
