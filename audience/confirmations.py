@@ -119,8 +119,8 @@ def send_one(*, contact_id: int) -> bool:
 
 
 def _mail(contact: Contact) -> bool:
-    if contact.status != Contact.Status.PENDING:
-        return False  # confirmed, unsubscribed or suppressed since: nothing to send
+    if contact.optin_requested_at is None or contact.status == Contact.Status.COMPLAINED:
+        return False  # confirmed, unsubscribed or suppressed since: nothing to confirm
     try:
         emails.send_confirmation_email(contact=contact)
     except Exception as exc:

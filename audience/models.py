@@ -147,6 +147,11 @@ class Contact(models.Model):
     # A double opt-in mail is owed (audience.confirmations sends it and clears this).
     # db_default: the bulk paths insert contacts in raw SQL without naming it.
     confirmation_due = models.BooleanField(default=False, db_default=False, editable=False)
+    # The open double opt-in request (audience.consent): when it was opened, or None. A
+    # confirm link carries this time and works only while it is still the contact's open
+    # request; the confirmation itself and every suppression close it, so a link from an
+    # earlier request (or one older than an unsubscribe) confirms nothing.
+    optin_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [

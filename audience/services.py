@@ -17,14 +17,16 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from audience import consent
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
 
 logger = logging.getLogger(__name__)
 Status = Contact.Status
-SUPPRESSED = {Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED}
+SUPPRESSED = consent.SUPPRESSED
 
 # Anything that could end up in a mail header must not carry line breaks (header
 # injection) or other control characters; names keep every other Unicode character.
@@ -153,11 +155,13 @@ def contact_subscribe(
         at=timezone.now(),
     )  # fmt: skip
     if connection.vendor == "postgresql":
-        created = _contacts_insert_new([signup])
+        now = timezone.now()
+        created = _contacts_insert_new([signup], now=now)
         if created:
-            if signup.double_opt_in:
+            contact = _contact_as_inserted(signup, created[email], now)
+            if contact.confirmation_due:
                 _queue_confirmation()
-            return _contact_as_inserted(signup, created[email])
+            return contact
     return _contact_subscribe_any(signup)
 
 
@@ -181,7 +185,7 @@ def contacts_subscribe_batch(signups: list[Signup]) -> list[int]:
             logger.warning("A batch of buffered signups failed; storing them one by one")
             created = {}
         rest = [i for i, s in enumerate(signups) if first[s.email] != i or s.email not in created]
-        if any(signups[first[email]].double_opt_in for email in created):
+        if any(_decide_new_signup(signups[first[email]]).mail for email in created):
             _queue_confirmation()
     failed = []
     for position in rest:
@@ -194,19 +198,36 @@ def contacts_subscribe_batch(signups: list[Signup]) -> list[int]:
     return failed
 
 
-def _insert_row(s: Signup) -> list:
+def _insert_row(s: Signup, now: datetime) -> list:
     """One signup as a row of the JSON array _contacts_insert_new reads (one parameter:
     psycopg adapts a list per column element by element in Python, three times the
-    CPU of one json.dumps; bench/signup.py's worker)."""
+    CPU of one json.dumps; bench/signup.py's worker), with what consent.decide says a
+    new address does: its status, whether a double opt-in request opens and is mailed."""
+    outcome = _decide_new_signup(s)
+    opened = now.isoformat() if outcome.open_request else None
     return [
-        s.email, s.first_name, s.last_name, s.phone, s.status, s.form and s.form.pk,
+        s.email, s.first_name, s.last_name, s.phone, outcome.status, s.form and s.form.pk,
         s.at.isoformat(), s.evidence.method, s.evidence.ip,
         (s.evidence.user_agent or "")[:500], s.evidence.actor, s.consent_text,
-        s.double_opt_in, email_hash(s.email),
+        s.double_opt_in, email_hash(s.email), opened, outcome.mail,
     ]  # fmt: skip
 
 
-def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
+def _incoming(signup: Signup) -> consent.Incoming:
+    ask = consent.ask_of_signup(double_opt_in=signup.double_opt_in)
+    return consent.Incoming(consent.Via.SIGNUP, ask, signup.at)
+
+
+def _resend_window() -> timedelta:
+    return timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS)
+
+
+def _decide_new_signup(signup: Signup) -> consent.Outcome:
+    # A new address's outcome does not depend on the clock: `now` is not read.
+    return consent.decide(None, _incoming(signup), now=signup.at, resend_window=_resend_window())
+
+
+def _contacts_insert_new(signups: list[Signup], *, now: datetime | None = None) -> dict[str, int]:
     """The common case, new addresses, in one statement and one round trip: lift any
     erasure suppression, insert the contacts, their consent events and their forms'
     tags. Returns {email: id} of the contacts inserted; an address already a contact is
@@ -216,10 +237,11 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
     written in its request, a buffer's batch at a time otherwise; the ORM path below
     costs eight round trips a signup for the same work. One statement is atomic.
     """
+    now = now or timezone.now()
     params = {
-        "rows": json.dumps([_insert_row(s) for s in signups], ensure_ascii=False),
+        "rows": json.dumps([_insert_row(s, now) for s in signups], ensure_ascii=False),
         "source": Contact.Source.FORM, "kind": ConsentEvent.Kind.SIGNUP,
-        "pending": Status.PENDING, "now": timezone.now(),
+        "pending": Status.PENDING, "now": now,
     }  # fmt: skip
     sql = f"""
         WITH input AS (
@@ -228,7 +250,8 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
                 r->>7 AS method, (r->>8)::inet AS ip, r->>9 AS user_agent, r->>10 AS actor,
                 r->>11 AS consent_text,
                 jsonb_build_object('double_opt_in', (r->>12)::boolean) AS detail,
-                r->>13 AS hash
+                r->>13 AS hash, (r->>14)::timestamptz AS requested_at,
+                (r->>15)::boolean AS mail
             FROM jsonb_array_elements(%(rows)s::jsonb) AS r
         ), lifted AS (
             -- Signing up lifts an erasure's suppression, but only one from before the
@@ -238,13 +261,13 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
         ), created AS (
             INSERT INTO {Contact._meta.db_table} (email, first_name, last_name, phone, status,
                 attributes, source, signup_form_id, created_at, updated_at, confirmed_at,
-                unsubscribed_at, confirmation_sent_at, confirmation_due)
+                unsubscribed_at, confirmation_sent_at, confirmation_due, optin_requested_at)
             SELECT email, first_name, last_name, phone, status, '{{}}', %(source)s, form_id,
                 at, at, CASE WHEN status <> %(pending)s THEN at END, NULL,
                 -- A new contact has had no confirmation yet: claim the window at insert.
                 -- The resend window runs from now, when the mail is owed, even for a
                 -- signup that waited in the buffer.
-                CASE WHEN status = %(pending)s THEN %(now)s END, status = %(pending)s
+                CASE WHEN mail THEN %(now)s END, mail, requested_at
             FROM input
             WHERE NOT EXISTS (
                 SELECT 1 FROM {SuppressedEmail._meta.db_table} AS suppressed
@@ -271,15 +294,17 @@ def _contacts_insert_new(signups: list[Signup]) -> dict[str, int]:
     return dict(_execute_prepared(sql, params))
 
 
-def _contact_as_inserted(signup: Signup, contact_id: int) -> Contact:
+def _contact_as_inserted(signup: Signup, contact_id: int, now: datetime) -> Contact:
     """The Contact _contacts_insert_new wrote, without reading it back."""
-    pending = signup.double_opt_in
+    outcome = _decide_new_signup(signup)
     contact = Contact(
         id=contact_id, email=signup.email, first_name=signup.first_name,
-        last_name=signup.last_name, phone=signup.phone, status=signup.status,
+        last_name=signup.last_name, phone=signup.phone, status=outcome.status,
         source=Contact.Source.FORM, signup_form=signup.form, created_at=signup.at,
-        updated_at=signup.at, confirmed_at=None if pending else signup.at,
-        confirmation_sent_at=signup.at if pending else None, confirmation_due=pending,
+        updated_at=signup.at,
+        confirmed_at=signup.at if outcome.status != Status.PENDING else None,
+        confirmation_sent_at=now if outcome.mail else None, confirmation_due=outcome.mail,
+        optin_requested_at=now if outcome.open_request else None,
     )  # fmt: skip
     contact._state.adding = False
     contact._state.db = "default"
@@ -304,10 +329,27 @@ def _execute_prepared(sql: str, params: dict) -> list[tuple]:
         return cursor.fetchall()
 
 
+def contact_state(contact: Contact) -> consent.State:
+    """A stored contact as consent.decide sees it (the contact should be locked)."""
+    last_signup = (
+        ConsentEvent.objects.filter(contact_id=contact.pk, kind=ConsentEvent.Kind.SIGNUP)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    return consent.State(
+        status=contact.status,
+        request_open=contact.optin_requested_at is not None,
+        confirmation_sent_at=contact.confirmation_sent_at,
+        unsubscribed_at=contact.unsubscribed_at,
+        last_signup_at=last_signup,
+    )
+
+
 @transaction.atomic
 def _contact_subscribe_any(signup: Signup) -> Contact | None:
-    """Any address, new or known, through the ORM (SQLite, and known addresses). None if
-    the address was erased after the signup."""
+    """Any address, new or known, through the ORM (SQLite, and known addresses), as
+    consent.decide says. None if the address was erased after the signup."""
     email, form = signup.email, signup.form
     # Signing up anew is the owner's own act: it lifts an erasure's suppression, unless
     # the erasure came after this signup (which waited in the buffer): then it wins.
@@ -317,7 +359,8 @@ def _contact_subscribe_any(signup: Signup) -> Contact | None:
             logger.info("A buffered signup older than its address's erasure was dropped")
             return None
         suppression.delete()
-    pending = signup.double_opt_in
+    now = timezone.now()
+    new = _decide_new_signup(signup)
     contact, created = Contact.objects.select_for_update().get_or_create(
         email=email,
         defaults={
@@ -326,62 +369,62 @@ def _contact_subscribe_any(signup: Signup) -> Contact | None:
             "phone": signup.phone,
             "source": Contact.Source.FORM,
             "signup_form": form,
-            "status": signup.status,
+            "status": new.status,
             "created_at": signup.at,
-            "confirmed_at": None if pending else signup.at,
-            # A new contact has had no confirmation yet: claim the window at insert time
-            # (now, when the mail is owed, even for a signup that waited in the buffer).
-            "confirmation_sent_at": timezone.now() if pending else None,
-            "confirmation_due": pending,
+            "confirmed_at": signup.at if new.status != Status.PENDING else None,
+            # The mail window runs from now, when the mail is owed, even for a signup
+            # that waited in the buffer.
+            "confirmation_sent_at": now if new.mail else None,
+            "confirmation_due": new.mail,
+            "optin_requested_at": now if new.open_request else None,
         },
     )
-    if not created and contact.unsubscribed_at and contact.unsubscribed_at > signup.at:
-        # Unsubscribed after this signup (which waited in the buffer): the later wish wins.
-        return contact
-    before = "" if created else contact.status
-    if not created:
-        _fill_gaps(
-            contact, first_name=signup.first_name, last_name=signup.last_name, phone=signup.phone
+    if created:
+        outcome = new
+    else:
+        outcome = consent.decide(
+            contact_state(contact), _incoming(signup), now=now, resend_window=_resend_window()
         )
-        if contact.status != Status.SUBSCRIBED:
-            # A suppressed address (unsubscribed, bounced, complained) always goes through
-            # double opt-in: anyone can type anyone's address into a form.
-            pending = pending or contact.status in SUPPRESSED
-            contact.status = Status.PENDING if pending else Status.SUBSCRIBED
-            contact.confirmed_at = contact.confirmed_at if pending else signup.at
-            contact.save(update_fields=["status", "confirmed_at", "updated_at"])
-
+        if not outcome.writes:
+            return contact
+        _apply_request(contact, outcome, now=now)
     tags = list(form.tags.all()) if form is not None else []
     if tags:
         through = Contact.tags.through
         through.objects.bulk_create(
             [through(contact_id=contact.pk, tag_id=tag.pk) for tag in tags], ignore_conflicts=True
         )
-    _record(
-        contact,
-        kind=ConsentEvent.Kind.SIGNUP,
-        before=before,
-        evidence=signup.evidence,
-        signup_form=form,
-        consent_text=signup.consent_text,
-        detail={"double_opt_in": signup.double_opt_in},
-        at=signup.at,
-    )
-    if contact.status == Status.PENDING:
-        if created:
-            _queue_confirmation()
-        else:
-            confirmation_request(contact=contact)
+    if outcome.event:
+        _record(
+            contact,
+            kind=ConsentEvent.Kind.SIGNUP,
+            before="" if created else contact.status,
+            evidence=signup.evidence,
+            signup_form=form,
+            consent_text=signup.consent_text,
+            detail={"double_opt_in": signup.double_opt_in},
+            at=signup.at,
+        )
+    if outcome.mail:
+        _queue_confirmation()
     return contact
 
 
-def _fill_gaps(contact: Contact, **values: str) -> None:
-    """An unauthenticated form may fill gaps but never overwrite what a contact told us."""
-    changed = [f for f, v in values.items() if v and not getattr(contact, f)]
-    for field in changed:
-        setattr(contact, field, values[field])
-    if changed:
-        contact.save(update_fields=[*changed, "updated_at"])
+def _apply_request(contact: Contact, outcome: consent.Outcome, *, now: datetime) -> None:
+    """Open a double opt-in request and owe its mail on a known, locked contact, as the
+    outcome says; its status is the outcome's (a signup never changes it by itself)."""
+    fields = []
+    if outcome.status != contact.status:
+        contact.status = outcome.status
+        fields.append("status")
+    if outcome.open_request:
+        contact.optin_requested_at = now
+        fields.append("optin_requested_at")
+    if outcome.mail:
+        contact.confirmation_sent_at, contact.confirmation_due = now, True
+        fields += ["confirmation_sent_at", "confirmation_due"]
+    if fields:
+        contact.save(update_fields=[*fields, "updated_at"])
 
 
 def _queue_confirmation() -> None:
@@ -398,17 +441,21 @@ def confirmation_request(*, contact: Contact) -> bool:
 
 def confirmations_request(*, contacts: QuerySet[Contact]) -> int:
     """Owe a double opt-in mail to each pending contact in `contacts` that was not sent one
-    in the last window; return how many. One UPDATE, whatever the number of contacts.
+    in the last window, opening its request if none is open; return how many. One
+    UPDATE, whatever the number of contacts.
 
     The window is claimed with that conditional UPDATE, so two concurrent signups for the
     same address (or a bot hammering one victim's address) queue at most one mail.
     """
     now = timezone.now()
-    window = timedelta(seconds=settings.CONFIRMATION_RESEND_SECONDS)
     claimed = (
         contacts.filter(status=Status.PENDING)
-        .exclude(confirmation_sent_at__gt=now - window)
-        .update(confirmation_sent_at=now, confirmation_due=True)
+        .exclude(confirmation_sent_at__gt=now - _resend_window())
+        .update(
+            confirmation_sent_at=now,
+            confirmation_due=True,
+            optin_requested_at=Coalesce("optin_requested_at", Value(now)),
+        )
     )
     if claimed:
         _queue_confirmation()
@@ -416,16 +463,38 @@ def confirmations_request(*, contacts: QuerySet[Contact]) -> int:
 
 
 @transaction.atomic
-def contact_confirm(*, contact: Contact, evidence: Evidence) -> Contact:
+def contact_confirm(
+    *, contact: Contact, requested_at: datetime, evidence: Evidence
+) -> Contact | None:
+    """The owner clicked the confirm link of the double opt-in request opened at
+    `requested_at`. Subscribes the contact if that request is still its open one (not
+    closed by a confirmation, an unsubscribe or a bounce since, nor replaced); else
+    None, and nothing changes."""
     contact = Contact.objects.select_for_update().get(pk=contact.pk)
-    if contact.status == Status.SUBSCRIBED:
-        return contact
+    if contact.optin_requested_at != requested_at or not consent.may_confirm(
+        contact_state(contact)
+    ):
+        return None
     before = contact.status
     contact.status = Status.SUBSCRIBED
     contact.confirmed_at = timezone.now()
-    contact.save(update_fields=["status", "confirmed_at", "updated_at"])
+    contact.optin_requested_at = None
+    contact.confirmation_due = False
+    contact.save(
+        update_fields=[
+            "status", "confirmed_at", "optin_requested_at", "confirmation_due", "updated_at"
+        ]
+    )  # fmt: skip
     _record(contact, kind=ConsentEvent.Kind.CONFIRM, before=before, evidence=evidence)
     return contact
+
+
+def _close_request(contact: Contact) -> list[str]:
+    """An open double opt-in request ends with any suppression: its links stop working
+    and its mail, if not sent yet, is not sent."""
+    contact.optin_requested_at = None
+    contact.confirmation_due = False
+    return ["optin_requested_at", "confirmation_due"]
 
 
 @transaction.atomic
@@ -433,12 +502,21 @@ def contact_unsubscribe(
     *, contact: Contact, evidence: Evidence, detail: dict | None = None
 ) -> Contact:
     contact = Contact.objects.select_for_update().get(pk=contact.pk)
-    if contact.status in SUPPRESSED:
-        return contact
     before = contact.status
+    if before in SUPPRESSED:
+        if contact.optin_requested_at is not None:
+            # Asked to come back (a signup), then said no: the request ends, and the
+            # owner's answer is evidence too.
+            contact.save(update_fields=[*_close_request(contact), "updated_at"])
+            _record(
+                contact, kind=ConsentEvent.Kind.UNSUBSCRIBE, before=before, evidence=evidence,
+                detail=detail,
+            )  # fmt: skip
+        return contact
     contact.status = Status.UNSUBSCRIBED
     contact.unsubscribed_at = timezone.now()
-    contact.save(update_fields=["status", "unsubscribed_at", "updated_at"])
+    closed = _close_request(contact)
+    contact.save(update_fields=["status", "unsubscribed_at", *closed, "updated_at"])
     _record(
         contact, kind=ConsentEvent.Kind.UNSUBSCRIBE, before=before, evidence=evidence, detail=detail
     )
@@ -452,16 +530,19 @@ def contact_suppress(
     """The provider says the address bounced or its owner complained: never mail it again.
 
     A complaint outranks everything; a bounce does not overwrite an unsubscribe or a
-    complaint, which carry more about the person's wishes.
+    complaint, which carry more about the person's wishes. Either ends an open double
+    opt-in request.
     """
     if status not in (Status.BOUNCED, Status.COMPLAINED):
         raise ValueError(f"contact_suppress takes bounced or complained, not {status!r}")
     contact = Contact.objects.select_for_update().get(pk=contact.pk)
     if contact.status == status or (status == Status.BOUNCED and contact.status in SUPPRESSED):
+        if contact.optin_requested_at is not None:
+            contact.save(update_fields=[*_close_request(contact), "updated_at"])
         return contact
     before = contact.status
     contact.status = status
-    contact.save(update_fields=["status", "updated_at"])
+    contact.save(update_fields=["status", *_close_request(contact), "updated_at"])
     kind = ConsentEvent.Kind.BOUNCE if status == Status.BOUNCED else ConsentEvent.Kind.COMPLAINT
     _record(contact, kind=kind, before=before, evidence=evidence, detail=detail)
     return contact

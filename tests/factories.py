@@ -1,4 +1,5 @@
 import factory
+from django.utils import timezone
 
 from audience.models import Contact, SignupForm, Tag
 
@@ -29,3 +30,7 @@ class ContactFactory(factory.django.DjangoModelFactory):
     first_name = "Ada"
     last_name = "Lovelace"
     status = Contact.Status.SUBSCRIBED
+    # A pending contact came from a signup: it has an open double opt-in request.
+    optin_requested_at = factory.LazyAttribute(
+        lambda o: timezone.now() if o.status == Contact.Status.PENDING else None
+    )

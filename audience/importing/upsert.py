@@ -35,7 +35,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from psycopg import errors as psycopg_errors
 
-from audience import services
+from audience import consent, services
 from audience.importing.rows import Record
 from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag
 
@@ -261,32 +261,60 @@ def plan_chunk(
             plan.counts["new"] += 1
             continue
         _plan_known(
-            plan, record, row, option_tag_ids=option_tag_ids, tags=tags, links=links, now=now
+            plan,
+            record,
+            row,
+            ctx=ctx,
+            option_tag_ids=option_tag_ids,
+            tags=tags,
+            links=links,
+            now=now,
         )
     return plan
 
 
+def _incoming(record: Record, ctx: ImportContext, now: dt.datetime) -> consent.Incoming:
+    """What a row of the file asks for, in consent.decide's terms."""
+    if record.signal == "unsubscribed":
+        ask = consent.Ask.UNSUBSCRIBED
+    elif record.signal == "bounced":
+        ask = consent.Ask.BOUNCED
+    elif record.signal != "no" and ctx.new_status == "consent" and record.has_consent:
+        ask = consent.Ask.SUBSCRIBE
+    elif record.signal != "no" and ctx.new_status == "pending":
+        ask = consent.Ask.CONFIRM_FIRST
+    else:
+        # A declined row ("no", NEVER_SUBSCRIBED) is kept but never sent a double opt-in
+        # mail: asking someone who said no is the mail they said no to.
+        ask = consent.Ask.STORE
+    return consent.Incoming(consent.Via.IMPORT, ask, now)
+
+
+def _decide(state: consent.State | None, record, ctx, now) -> consent.Outcome:
+    return consent.decide(state, _incoming(record, ctx, now), now=now, resend_window=_NO_WINDOW)
+
+
+_NO_WINDOW = dt.timedelta(0)  # an import's outcome does not depend on mail windows
+
+
 def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> NewContact:
     ev = record.evidence
-    if record.signal in {"unsubscribed", "bounced"}:
-        status = Status.UNSUBSCRIBED if record.signal == "unsubscribed" else Status.BOUNCED
+    outcome = _decide(None, record, ctx, now)
+    if outcome.status in SUPPRESSED:
         when = _when(ev.get("unsub_time") or ev.get("clean_time"), now)
-        return NewContact(record, status, None, when, False)
-    if record.signal != "no" and ctx.new_status == "consent" and record.has_consent:
+        return NewContact(record, outcome.status, None, when, False)
+    if outcome.status == Status.SUBSCRIBED:
         when = _when(ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time"), now)
         return NewContact(record, Status.SUBSCRIBED, when, None, False)
-    # A declined row ("no", NEVER_SUBSCRIBED) is kept but never sent a double opt-in
-    # mail: asking someone who said no is the mail they said no to.
-    send = ctx.new_status == "pending" and record.signal != "no"
-    return NewContact(record, Status.PENDING, None, None, send)
+    return NewContact(record, outcome.status, None, None, outcome.mail)
 
 
-def _plan_known(plan, record, row, *, option_tag_ids, tags, links, now) -> None:
+def _plan_known(plan, record, row, *, ctx, option_tag_ids, tags, links, now) -> None:
     """Plan the change (if any) for a row whose address is already a contact."""
     tag_ids = option_tag_ids
     if record.tags:
         tag_ids = list(dict.fromkeys(option_tag_ids + tags.ids(record.tags)))
-    change = _change(record, row, tag_ids=tag_ids, links=links, now=now)
+    change = _change(record, row, ctx=ctx, tag_ids=tag_ids, links=links, now=now)
     if change is not None:
         plan.changes.append(change)
     if row["status"] in SUPPRESSED:
@@ -298,24 +326,35 @@ def _plan_known(plan, record, row, *, option_tag_ids, tags, links, now) -> None:
 
 
 def _change(
-    record: Record, row: dict, *, tag_ids: list[int], links: set, now: dt.datetime
+    record: Record,
+    row: dict,
+    *,
+    ctx: ImportContext,
+    tag_ids: list[int],
+    links: set,
+    now: dt.datetime,
 ) -> Change | None:
     fields: dict[str, object] = {}
-    # An import fills gaps; it does not overwrite what a contact told us themselves.
-    for name in ("first_name", "last_name", "phone"):
-        value = getattr(record, name)
-        if value and not row[name]:
-            fields[name] = value
+    outcome = _decide(consent.State(status=row["status"]), record, ctx, now)
+    if outcome.fill_gaps:
+        # An import fills gaps; it does not overwrite what a contact told us themselves.
+        for name in ("first_name", "last_name", "phone"):
+            value = getattr(record, name)
+            if value and not row[name]:
+                fields[name] = value
     attributes = row["attributes"] or {}
     if record.attributes and any(attributes.get(k) != v for k, v in record.attributes.items()):
         fields["attributes"] = {**attributes, **record.attributes}
     status_after = None
-    if record.signal in {"unsubscribed", "bounced"} and row["status"] not in SUPPRESSED:
-        status_after = Status.UNSUBSCRIBED if record.signal == "unsubscribed" else Status.BOUNCED
+    if outcome.status != row["status"]:
+        status_after = outcome.status
         fields["status"] = status_after
         fields["unsubscribed_at"] = _when(
             record.evidence.get("unsub_time") or record.evidence.get("clean_time"), now
         )
+    if outcome.close_request:
+        # Its double opt-in links stop working: the file says this person left.
+        fields["optin_requested_at"] = None
     new_tag_ids = [t for t in tag_ids if (row["id"], t) not in links]
     if not fields and not new_tag_ids:
         return None
@@ -405,7 +444,7 @@ def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.dateti
         ids = _portable_insert(plan.new, ctx=ctx, now=now)
     option_tag_ids = tags.ids(ctx.tag_names)
     if len(ids) < len(plan.new):
-        _replan_taken(plan, ids, tags=tags, option_tag_ids=option_tag_ids, now=now)
+        _replan_taken(plan, ids, ctx=ctx, tags=tags, option_tag_ids=option_tag_ids, now=now)
     fresh_links: list[tuple[int, int]] = []  # contacts created just now: no conflict possible
     links: list[tuple[int, int]] = []
     events: list[tuple] = []
@@ -436,7 +475,13 @@ def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.dateti
 
 
 def _replan_taken(
-    plan: Plan, ids: dict, *, tags: TagCache, option_tag_ids: list[int], now: dt.datetime
+    plan: Plan,
+    ids: dict,
+    *,
+    ctx: ImportContext,
+    tags: TagCache,
+    option_tag_ids: list[int],
+    now: dt.datetime,
 ) -> None:
     """Addresses someone else created after our SELECT (a signup, or the same address in
     a chunk another writer committed first): they are existing contacts now, so they get
@@ -453,7 +498,14 @@ def _replan_taken(
             plan.counts["unchanged"] += 1
             continue
         _plan_known(
-            plan, record, row, option_tag_ids=option_tag_ids, tags=tags, links=links, now=now
+            plan,
+            record,
+            row,
+            ctx=ctx,
+            option_tag_ids=option_tag_ids,
+            tags=tags,
+            links=links,
+            now=now,
         )
 
 
@@ -577,7 +629,7 @@ def _update(changes: list[Change], *, now: dt.datetime) -> set[int]:
 
 _PG_TYPES = {
     "first_name": "text", "last_name": "text", "phone": "text", "attributes": "jsonb",
-    "status": "text", "unsubscribed_at": "timestamptz",
+    "status": "text", "unsubscribed_at": "timestamptz", "optin_requested_at": "timestamptz",
 }  # fmt: skip
 
 

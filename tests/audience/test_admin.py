@@ -69,7 +69,11 @@ def test_change_page_shows_the_consent_timeline(admin_client, eager_tasks):
     from audience import services
 
     contact = ContactFactory(status="pending")
-    services.contact_confirm(contact=contact, evidence=services.Evidence(method="confirm-link"))
+    services.contact_confirm(
+        contact=contact,
+        requested_at=contact.optin_requested_at,
+        evidence=services.Evidence(method="confirm-link"),
+    )
     response = admin_client.get(f"{CHANGELIST}{contact.pk}/change/")
     assert response.status_code == 200
     assert b"Consent timeline" in response.content

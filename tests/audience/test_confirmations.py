@@ -46,7 +46,11 @@ def test_a_signup_owes_its_mail_until_a_sweep_sends_it(esp, form, settings):
 def test_a_contact_who_confirmed_meanwhile_gets_no_mail(esp, form, settings):
     settings.CONFIRMATION_BATCH_SECONDS = 60
     contact = _signup(form, "quick@example.com")
-    services.contact_confirm(contact=contact, evidence=services.Evidence(method="confirm-link"))
+    services.contact_confirm(
+        contact=contact,
+        requested_at=contact.optin_requested_at,
+        evidence=services.Evidence(method="confirm-link"),
+    )
     assert send_due_confirmations.apply().get() == 0
     assert not _owed("quick@example.com")
     assert esp.state.stats()["requests"] == 0

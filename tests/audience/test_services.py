@@ -80,16 +80,39 @@ def test_signup_of_a_subscribed_contact_changes_nothing_and_sends_nothing(
     assert mailoutbox == []
 
 
-@pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained"])
-def test_single_opt_in_form_still_double_opts_in_a_suppressed_contact(
-    status, django_capture_on_commit_callbacks, mailoutbox
+@pytest.mark.parametrize(
+    ("status", "mailed"), [("unsubscribed", 1), ("bounced", 1), ("complained", 0)]
+)
+def test_a_signup_never_resubscribes_a_suppressed_contact_by_itself(
+    status, mailed, django_capture_on_commit_callbacks, mailoutbox
 ):
     ContactFactory(email="anna@example.com", status=status)
-    form = SignupFormFactory(double_opt_in=False)
+    form = SignupFormFactory(double_opt_in=False)  # even a single opt-in form
     with django_capture_on_commit_callbacks(execute=True):
         contact = _subscribe(form)
-    assert contact.status == "pending"
-    assert len(mailoutbox) == 1
+    contact.refresh_from_db()
+    assert contact.status == status  # only its owner's click can change it
+    assert len(mailoutbox) == mailed
+
+
+def test_a_suppressed_contact_comes_back_only_by_the_link_of_its_own_new_request(
+    django_capture_on_commit_callbacks, mailoutbox
+):
+    contact = ContactFactory(email="anna@example.com", status="unsubscribed")
+    with django_capture_on_commit_callbacks(execute=True):
+        _subscribe(SignupFormFactory())
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert contact.optin_requested_at is not None
+    confirmed = services.contact_confirm(
+        contact=contact, requested_at=contact.optin_requested_at,
+        evidence=services.Evidence(method="confirm-link"),
+    )  # fmt: skip
+    assert confirmed is not None
+    contact.refresh_from_db()
+    assert (contact.status, contact.optin_requested_at) == ("subscribed", None)
+    event = contact.consent_events.get(kind="confirm")
+    assert (event.status_before, event.status_after) == ("unsubscribed", "subscribed")
 
 
 def test_single_opt_in_form_subscribes_a_new_contact_at_once(mailoutbox):
@@ -102,7 +125,9 @@ def test_single_opt_in_form_subscribes_a_new_contact_at_once(mailoutbox):
 def test_confirm_subscribes_and_records_the_event():
     contact = ContactFactory(status="pending")
     evidence = services.Evidence(method="confirm-link", ip="198.51.100.1")
-    services.contact_confirm(contact=contact, evidence=evidence)
+    services.contact_confirm(
+        contact=contact, requested_at=contact.optin_requested_at, evidence=evidence
+    )
     contact.refresh_from_db()
     assert contact.status == "subscribed"
     event = contact.consent_events.get()

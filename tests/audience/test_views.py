@@ -3,11 +3,11 @@ from urllib.parse import urlencode
 
 import hypothesis
 import pytest
-from django.test import RequestFactory, override_settings
+from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 from hypothesis import strategies as st
 
-from audience import views
+from audience import services, views
 from audience.forms import render_stamp
 from audience.models import ConsentEvent, Contact
 from audience.tokens import contact_url, make_token
@@ -237,13 +237,54 @@ def test_script_embed_renders_into_a_shadow_root(client, form):
     assert "http://testserver/f/shop/submit" in body
 
 
-def test_confirm_link_subscribes(client):
+def test_confirm_link_asks_on_get_and_subscribes_only_on_post(client):
     contact = ContactFactory(status="pending")
-    response = client.get(contact_url("confirm", contact).removeprefix("http://testserver"))
+    path = contact_url("confirm", contact).removeprefix("http://testserver")
+    for _ in range(3):  # a mail scanner prefetching the link, a preview, the person
+        response = client.get(path)
+        assert response.status_code == 200
+        assert b'<form method="post">' in response.content
+    contact.refresh_from_db()
+    assert contact.status == "pending"
+    assert not contact.consent_events.exists()
+
+    # No session, no CSRF cookie: the token is the credential.
+    response = Client(enforce_csrf_checks=True).post(path)
     assert response.status_code == 200
+    assert b"subscribed" in response.content
     contact.refresh_from_db()
     assert contact.status == "subscribed"
     assert contact.consent_events.get().method == "confirm-link"
+
+
+def test_an_old_confirm_link_cannot_undo_an_unsubscribe(client):
+    contact = ContactFactory(status="pending")
+    path = contact_url("confirm", contact).removeprefix("http://testserver")
+    services.contact_unsubscribe(contact=contact, evidence=services.Evidence(method="one-click"))
+    assert client.get(path).status_code == 400
+    assert client.post(path).status_code == 400
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+
+
+def test_a_confirm_link_works_only_for_the_request_it_was_issued_for(client):
+    contact = ContactFactory(status="pending")
+    first = contact_url("confirm", contact).removeprefix("http://testserver")
+    assert client.post(first).status_code == 200  # confirmed: that request is closed
+    services.contact_unsubscribe(contact=contact, evidence=services.Evidence(method="one-click"))
+    form = SignupFormFactory()
+    services.contact_subscribe(
+        form=form, email=contact.email, evidence=services.Evidence(method="form-html")
+    )  # anyone may type the address: it opens a new request, mailed to its owner
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    assert client.post(first).status_code == 400  # the old link is not the new request's
+    contact.refresh_from_db()
+    assert contact.status == "unsubscribed"
+    second = contact_url("confirm", contact).removeprefix("http://testserver")
+    assert client.post(second).status_code == 200
+    contact.refresh_from_db()
+    assert contact.status == "subscribed"
 
 
 def test_expired_or_tampered_confirm_link_is_refused(client, settings):
