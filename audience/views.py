@@ -96,6 +96,7 @@ def _posted(request: HttpRequest) -> Mapping[str, str]:
 
 
 def _signup_limits(ip: str | None, key: str) -> list[tuple[str, str]]:
+    """The IP's bucket first: a request over it is charged to no other (audience.throttle)."""
     return [
         (f"signup-ip:{ip or 'unknown'}", settings.SIGNUP_RATE_PER_IP),
         (f"signup-form:{key}", settings.SIGNUP_RATE_PER_FORM),
@@ -160,17 +161,18 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
     ip = _client_ip(request)
     limits = _signup_limits(ip, key)
     too_many = "Too many signups right now; try again soon."
-    # Bots and bad input count against the limits too; a good signup is counted by
-    # intake.signup in the same round trip that takes it.
+    # Bots and bad input count against their IP's limit only: one bot must not use up
+    # the form's limit and lock every other visitor out. A good signup is counted (IP
+    # first, then form) by intake.signup in the same round trip that takes it.
     if form.is_bot(require_stamp=_wants_json(request)):
-        if throttle.over_limit(limits):
+        if throttle.over_limit(limits[:1]):
             return _error(request, signup_form, cors_origin, 429, too_many)
         # Answer as if it worked: a bot learns nothing, and stores nothing.
         return _success(request, signup_form, cors_origin)
     if form.stamp_expired():
         form.add_error(None, "This form has expired. Please reload the page and try again.")
     if not form.is_valid():
-        if throttle.over_limit(limits):
+        if throttle.over_limit(limits[:1]):
             return _error(request, signup_form, cors_origin, 429, too_many)
         return _error(request, signup_form, cors_origin, 422, "", form=form)
     data = form.cleaned_data
@@ -236,17 +238,28 @@ def signup_script(request: HttpRequest, key: str) -> HttpResponse:
     return response
 
 
+@csrf_exempt  # the token is the credential; the link is opened from a mail, cookie-less
 @never_cache
-@require_GET
+@require_http_methods(["GET", "POST"])
 def confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """GET shows one Confirm button; only the POST it sends confirms. Mail scanners and
+    link previews fetch every link in a message, so a GET must change nothing."""
     contact = read_token("confirm", token)
     if contact is None:
         return render(request, "audience/link_invalid.html", status=400)
-    services.contact_confirm(contact=contact, evidence=_evidence(request, "confirm-link"))
+    if request.method == "GET":
+        return render(request, "audience/confirm.html", {"contact": contact})
+    confirmed = services.contact_confirm(
+        contact=contact,
+        requested_at=contact.optin_requested_at,
+        evidence=_evidence(request, "confirm-link"),
+    )
+    if confirmed is None:  # the request closed between the link's check and the click
+        return render(request, "audience/link_invalid.html", status=400)
     return render(
         request,
         "audience/confirmed.html",
-        {"contact": contact, "preferences_url": contact_url("preferences", contact)},
+        {"contact": confirmed, "preferences_url": contact_url("preferences", confirmed)},
     )
 
 
