@@ -15,7 +15,7 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from audience import selectors, services, snippets
+from audience import evidence, selectors, services, snippets
 from audience.forms import ContactAdminForm
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
 
@@ -35,12 +35,9 @@ class BoundedCountPaginator(Paginator):
 
 
 def _evidence(request: HttpRequest) -> services.Evidence:
-    return services.Evidence(
-        method="admin",
-        ip=request.META.get("REMOTE_ADDR"),
-        user_agent=request.headers.get("User-Agent", ""),
-        actor=request.user.get_username(),
-    )
+    # The visitor's address as the public views take it (CLIENT_IP_HEADER behind a
+    # proxy), not REMOTE_ADDR, which is then the proxy's.
+    return evidence.from_request(request, "admin", actor=request.user.get_username())
 
 
 class TagActionForm(ActionForm):
@@ -122,9 +119,27 @@ class ContactAdmin(admin.ModelAdmin):
         return self.fields if obj else ContactAdminForm.Meta.fields
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.source = Contact.Source.ADMIN
-        super().save_model(request, obj, form, change)
+        # Through the services, which write the ConsentEvent naming the user, and owe a
+        # new contact its double opt-in mail. The tags are saved there too (save_related
+        # then has nothing left to do for them).
+        data = form.cleaned_data
+        tags = list(data["tags"]) if "tags" in data else None
+        if change:
+            values = {f: data[f] for f in services.ADMIN_FIELDS if f in data}
+            form.instance = services.contact_update(
+                contact=obj, values=values, tags=tags, evidence=_evidence(request)
+            )
+        else:
+            values = {f: data[f] for f in services.ADMIN_FIELDS if data.get(f)}
+            form.instance = services.contact_create(
+                **values, tags=tags or (), evidence=_evidence(request)
+            )
+        obj.pk = form.instance.pk
+
+    def save_related(self, request, form, formsets, change):
+        # The tags went with the service's write (save_model); only the inlines are left.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
 
     @admin.display(description="Personal data")
     def gdpr(self, obj: Contact | None) -> str:

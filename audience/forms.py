@@ -8,8 +8,8 @@ from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
 
-from audience.models import Contact, FieldMode, SignupForm
-from audience.services import clean_text, normalize_email, normalize_phone
+from audience.models import Contact, FieldMode, SignupForm, SuppressedEmail
+from audience.services import clean_text, email_hash, normalize_email, normalize_phone
 
 _RENDER_SALT = "audience.render"
 
@@ -213,4 +213,10 @@ class ContactAdminForm(_FieldsMixin, forms.ModelForm):
         fields = ["email", "first_name", "last_name", "phone", "tags", "attributes"]
 
     def clean_email(self) -> str:
-        return self._clean_with("email", normalize_email)
+        email = self._clean_with("email", normalize_email)
+        if SuppressedEmail.objects.filter(email_hash=email_hash(email)).exists():
+            # GDPR erasure: never mailed or stored again unless its owner signs up anew.
+            raise ValidationError(
+                "This address was erased at its owner's request; only its owner can sign up again."
+            )
+        return email

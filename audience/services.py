@@ -571,6 +571,85 @@ def contact_update_preferences(
     return contact
 
 
+# --- admin ---------------------------------------------------------------------------
+
+ADMIN_FIELDS = ("email", "first_name", "last_name", "phone", "attributes")
+
+
+@transaction.atomic
+def contact_create(
+    *,
+    email: str,
+    first_name: str = "",
+    last_name: str = "",
+    phone: str = "",
+    attributes: dict | None = None,
+    tags: list[Tag] | tuple[Tag, ...] = (),
+    evidence: Evidence,
+) -> Contact:
+    """A contact added by hand in the admin. Inputs must already be cleaned.
+
+    Someone typing an address in is no proof of its owner's consent: the contact is
+    pending and is sent a double opt-in mail, as a signup would be. Written with an
+    admin ConsentEvent naming the user who did it.
+    """
+    now = timezone.now()
+    contact = Contact.objects.create(
+        email=email, first_name=first_name, last_name=last_name, phone=phone,
+        attributes=attributes or {}, source=Contact.Source.ADMIN, status=Status.PENDING,
+        optin_requested_at=now, confirmation_sent_at=now, confirmation_due=True,
+    )  # fmt: skip
+    if tags:
+        contact.tags.set(tags)
+    _record(contact, kind=ConsentEvent.Kind.ADMIN, before="", evidence=evidence)
+    _queue_confirmation()
+    return contact
+
+
+@transaction.atomic
+def contact_update(
+    *,
+    contact: Contact,
+    values: dict[str, object],
+    tags: list[Tag] | tuple[Tag, ...] | None = None,
+    evidence: Evidence,
+) -> Contact:
+    """Details of a contact edited in the admin (ADMIN_FIELDS and tags), with an admin
+    ConsentEvent saying what changed and who changed it.
+
+    The status is not edited here: only its owner moves a contact back to subscribed.
+    A new address is not the one that consented: a subscribed or pending contact whose
+    address changes is pending again, with a new double opt-in request to the new
+    address (the old request's links stop working).
+    """
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    changed = sorted(f for f in ADMIN_FIELDS if f in values and getattr(contact, f) != values[f])
+    for field in changed:
+        setattr(contact, field, values[field])
+    fields = list(changed)
+    before = contact.status
+    if "email" in changed and contact.status in (Status.SUBSCRIBED, Status.PENDING):
+        now = timezone.now()
+        contact.status = Status.PENDING
+        contact.optin_requested_at = now
+        contact.confirmation_sent_at, contact.confirmation_due = now, True
+        fields += ["status", "optin_requested_at", "confirmation_sent_at", "confirmation_due"]
+        _queue_confirmation()
+    if tags is not None:
+        old = set(contact.tags.values_list("pk", flat=True))
+        if old != {tag.pk for tag in tags}:
+            contact.tags.set(tags)
+            changed.append("tags")
+    if fields:
+        contact.save(update_fields=[*fields, "updated_at"])
+    if changed:
+        _record(
+            contact, kind=ConsentEvent.Kind.ADMIN, before=before, evidence=evidence,
+            detail={"changed": changed},
+        )  # fmt: skip
+    return contact
+
+
 # --- admin bulk actions ---------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ rates limited in the cache, and answers never reveal whether an address is known
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from functools import lru_cache
@@ -20,35 +19,16 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from audience import intake, selectors, services, snippets, throttle
+from audience import evidence, intake, selectors, services, snippets, throttle
 from audience.forms import PreferencesForm, PublicSignupForm
 from audience.models import SignupForm
 from audience.tokens import contact_url, read_token
 
-
-def _client_ip(request: HttpRequest) -> str | None:
-    # request.META, not request.headers, here and on the signup path: building the
-    # headers mapping costs a signup more than everything it reads from it.
-    first = (request.META.get(settings.CLIENT_IP_HEADER, "") or "").split(",", 1)[0].strip()
-    return _normal_ip(first) if len(first) <= 45 else None  # 45: the longest IPv6 text
-
-
-@lru_cache(maxsize=4096)
-def _normal_ip(text: str) -> str | None:
-    """The address normalised; None if it is no address. Cached: the same visitors come
-    back, and parsing was a tenth of what the signup view itself spent."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return None
+_client_ip = evidence.client_ip
 
 
 def _evidence(request: HttpRequest, method: str, ip: str | None = None) -> services.Evidence:
-    return services.Evidence(
-        method=method,
-        ip=ip or _client_ip(request),
-        user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
-    )
+    return evidence.from_request(request, method, ip=ip)
 
 
 def _site_origin() -> str:

@@ -152,3 +152,68 @@ def test_admin_adding_a_known_address_in_another_case_is_refused_clearly(admin_c
     assert response.status_code == 200
     assert "already exists" in response.content.decode()
     assert Contact.objects.count() == 1
+
+
+# --- admin writes leave evidence ------------------------------------------------------
+
+
+def _add_form(**values):
+    return {"email": "", "first_name": "", "last_name": "", "phone": "", "attributes": "{}",
+            "consent_events-TOTAL_FORMS": "0", "consent_events-INITIAL_FORMS": "0",
+            **values}  # fmt: skip
+
+
+@pytest.mark.usefixtures("eager_tasks")
+def test_a_contact_added_in_the_admin_is_recorded_and_asked_to_confirm(
+    admin_client, admin_user, settings, django_capture_on_commit_callbacks, mailoutbox
+):
+    settings.CLIENT_IP_HEADER = "HTTP_X_REAL_IP"
+    tag = TagFactory(name="market-stall")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            f"{CHANGELIST}add/",
+            _add_form(email="Stall@Example.com", first_name="Sol", tags=[tag.pk]),
+            HTTP_X_REAL_IP="198.51.100.23",
+            REMOTE_ADDR="10.0.0.1",  # the proxy's own address
+        )
+    assert response.status_code == 302, response.content
+    contact = Contact.objects.get(email="stall@example.com")
+    assert (contact.status, contact.source) == ("pending", "admin")
+    assert list(contact.tags.all()) == [tag]
+    event = contact.consent_events.get()
+    assert (event.kind, event.status_before, event.status_after) == ("admin", "", "pending")
+    assert (event.actor, event.ip) == (admin_user.get_username(), "198.51.100.23")
+    assert [m.to for m in mailoutbox] == [["stall@example.com"]]
+    assert "/confirm/" in mailoutbox[0].body
+
+
+@pytest.mark.usefixtures("eager_tasks")
+def test_an_admin_edit_is_recorded_and_a_new_address_must_confirm_again(
+    admin_client, admin_user, django_capture_on_commit_callbacks, mailoutbox
+):
+    contact = ContactFactory(email="old@example.com", first_name="Al", status="subscribed")
+    url = f"{CHANGELIST}{contact.pk}/change/"
+    data = {"email": "old@example.com", "first_name": "Alma", "last_name": contact.last_name,
+            "phone": "", "attributes": "{}", "consent_events-TOTAL_FORMS": "0",
+            "consent_events-INITIAL_FORMS": "0"}  # fmt: skip
+    assert admin_client.post(url, data).status_code == 302
+    contact.refresh_from_db()
+    assert (contact.first_name, contact.status) == ("Alma", "subscribed")
+    event = contact.consent_events.get()
+    assert (event.kind, event.actor, event.detail) == (
+        "admin", admin_user.get_username(), {"changed": ["first_name"]})  # fmt: skip
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.post(url, {**data, "email": "new@example.com"}).status_code == 302
+    contact.refresh_from_db()
+    # The new address never consented: it is asked, and is not mailed campaigns meanwhile.
+    assert (contact.email, contact.status) == ("new@example.com", "pending")
+    assert [m.to for m in mailoutbox] == [["new@example.com"]]
+
+
+def test_the_admin_cannot_add_an_erased_address(admin_client):
+    SuppressedEmail.objects.create(email_hash=email_hash("gone@example.com"))
+    response = admin_client.post(f"{CHANGELIST}add/", _add_form(email="gone@example.com"))
+    assert response.status_code == 200
+    assert b"erased at its owner" in response.content
+    assert not Contact.objects.filter(email="gone@example.com").exists()
