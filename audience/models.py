@@ -338,3 +338,20 @@ class SignupWrittenDirectly(models.Model):
 
     def __str__(self) -> str:
         return self.sid
+
+
+class SignupDeferred(models.Model):
+    """A signup for an address that is already a contact, taken in its request (the
+    signup buffer off) and applied by a worker moments later (audience.services).
+
+    Why: the visitor's answer must not tell whether the address is known, and its time
+    did (one statement for a new address, eight round trips through the ORM for a known
+    one: 1.5 against 3.8 ms). Written by the same statement that inserts new addresses,
+    so both cost the request alike, and stored before the answer, so nothing is lost.
+    """
+
+    signup = models.JSONField(help_text="The signup and its evidence, as taken")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Deferred signup {self.pk}"

@@ -22,7 +22,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audience import consent
-from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
+from audience.models import (
+    ConsentEvent,
+    Contact,
+    SignupDeferred,
+    SignupForm,
+    SuppressedEmail,
+    Tag,
+)
 
 logger = logging.getLogger(__name__)
 Status = Contact.Status
@@ -143,11 +150,16 @@ def contact_subscribe(
     last_name: str = "",
     phone: str = "",
     evidence: Evidence,
-) -> Contact:
+    defer_known: bool = False,
+) -> Contact | None:
     """A visitor signed up through `form`. Inputs must already be cleaned.
 
     The caller answers the visitor the same way whatever happened here, so nothing
-    about the address (new, pending, subscribed) leaks through the public form.
+    about the address (new, pending, subscribed) leaks through the public form. With
+    `defer_known` (the public view's direct write, on PostgreSQL), an address that is
+    already a contact is stored as a SignupDeferred by the same one statement that
+    would have inserted it, and applied by a worker (signups_apply_deferred): the
+    request then costs the same whether the address is known or not. Returns None then.
     """
     signup = Signup(
         form=form, email=email, first_name=first_name, last_name=last_name, phone=phone,
@@ -156,12 +168,15 @@ def contact_subscribe(
     )  # fmt: skip
     if connection.vendor == "postgresql":
         now = timezone.now()
-        created = _contacts_insert_new([signup], now=now)
+        created = _contacts_insert_new([signup], now=now, defer_known=defer_known)
         if created:
             contact = _contact_as_inserted(signup, created[email], now)
             if contact.confirmation_due:
                 _queue_confirmation()
             return contact
+        if defer_known:
+            _queue_confirmation()  # the same task applies deferred signups first
+            return None
     return _contact_subscribe_any(signup)
 
 
@@ -227,7 +242,9 @@ def _decide_new_signup(signup: Signup) -> consent.Outcome:
     return consent.decide(None, _incoming(signup), now=signup.at, resend_window=_resend_window())
 
 
-def _contacts_insert_new(signups: list[Signup], *, now: datetime | None = None) -> dict[str, int]:
+def _contacts_insert_new(
+    signups: list[Signup], *, now: datetime | None = None, defer_known: bool = False
+) -> dict[str, int]:
     """The common case, new addresses, in one statement and one round trip: lift any
     erasure suppression, insert the contacts, their consent events and their forms'
     tags. Returns {email: id} of the contacts inserted; an address already a contact is
@@ -241,7 +258,7 @@ def _contacts_insert_new(signups: list[Signup], *, now: datetime | None = None) 
     params = {
         "rows": json.dumps([_insert_row(s, now) for s in signups], ensure_ascii=False),
         "source": Contact.Source.FORM, "kind": ConsentEvent.Kind.SIGNUP,
-        "pending": Status.PENDING, "now": now,
+        "pending": Status.PENDING, "now": now, "defer": defer_known,
     }  # fmt: skip
     sql = f"""
         WITH input AS (
@@ -251,7 +268,7 @@ def _contacts_insert_new(signups: list[Signup], *, now: datetime | None = None) 
                 r->>11 AS consent_text,
                 jsonb_build_object('double_opt_in', (r->>12)::boolean) AS detail,
                 r->>13 AS hash, (r->>14)::timestamptz AS requested_at,
-                (r->>15)::boolean AS mail
+                (r->>15)::boolean AS mail, r
             FROM jsonb_array_elements(%(rows)s::jsonb) AS r
         ), lifted AS (
             -- Signing up lifts an erasure's suppression, but only one from before the
@@ -288,6 +305,17 @@ def _contacts_insert_new(signups: list[Signup], *, now: datetime | None = None) 
             FROM created JOIN input USING (email)
             JOIN {SignupForm.tags.through._meta.db_table} AS form_tag
                 ON form_tag.signupform_id = input.form_id
+        ), deferred AS (
+            -- A known address (with defer): kept whole for a worker to apply, written
+            -- by this same statement so that the request costs the same either way.
+            INSERT INTO {SignupDeferred._meta.db_table} (signup, created_at)
+            SELECT jsonb_build_object('email', email, 'first_name', first_name,
+                'last_name', last_name, 'phone', phone, 'form_id', form_id,
+                'at', r->>6, 'method', method, 'ip', ip, 'user_agent', user_agent,
+                'actor', actor, 'consent_text', consent_text,
+                'double_opt_in', (r->>12)::boolean), %(now)s
+            FROM input
+            WHERE %(defer)s AND email NOT IN (SELECT email FROM created)
         )
         SELECT email, id FROM created
     """  # noqa: S608 (table names from model metadata; every value is a parameter)
@@ -425,6 +453,47 @@ def _apply_request(contact: Contact, outcome: consent.Outcome, *, now: datetime)
         fields += ["confirmation_sent_at", "confirmation_due"]
     if fields:
         contact.save(update_fields=[*fields, "updated_at"])
+
+
+def signups_apply_deferred(*, limit: int = 500) -> tuple[int, bool]:
+    """Apply the signups deferred by contact_subscribe(defer_known=True), oldest first,
+    each as _contact_subscribe_any decides; return (applied, more_left). Safe on many
+    workers at once (SKIP LOCKED). A signup that cannot be applied is logged and kept."""
+    if connection.vendor != "postgresql":
+        return 0, False  # only PostgreSQL's insert defers
+    applied, forms = 0, {}
+    with transaction.atomic():
+        rows = list(
+            SignupDeferred.objects.select_for_update(skip_locked=True).order_by("pk")[:limit]
+        )
+        done = []
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    _contact_subscribe_any(_deferred_signup(row.signup, forms))
+            except (IntegrityError, DataError, ValidationError, KeyError, ValueError):
+                logger.exception("Deferred signup %s could not be applied; kept", row.pk)
+                continue
+            done.append(row.pk)
+        SignupDeferred.objects.filter(pk__in=done).delete()
+        applied = len(done)
+    return applied, len(rows) == limit
+
+
+def _deferred_signup(data: dict, forms: dict) -> Signup:
+    form_id = data["form_id"]
+    if form_id not in forms:
+        forms[form_id] = SignupForm.objects.filter(pk=form_id).first() if form_id else None
+    evidence = Evidence(
+        method=data["method"], ip=data["ip"], user_agent=data["user_agent"],
+        actor=data["actor"],
+    )  # fmt: skip
+    return Signup(
+        form=forms[form_id], email=data["email"], evidence=evidence,
+        consent_text=data["consent_text"], double_opt_in=data["double_opt_in"],
+        at=datetime.fromisoformat(data["at"]), first_name=data["first_name"],
+        last_name=data["last_name"], phone=data["phone"],
+    )  # fmt: skip
 
 
 def _queue_confirmation() -> None:

@@ -8,8 +8,16 @@ from audience.models import Contact
 def send_due_confirmations() -> int:
     """Send every owed double opt-in mail (queued by confirmations.kick after signups, and
     by beat every minute as the sweep and the retry). Safe to run twice, and on many
-    workers at once."""
+    workers at once.
+
+    First it applies the signups for known addresses that were taken in their request
+    (services.signups_apply_deferred): they may owe a mail too, and the same kick that
+    queues this task after every signup brings them here."""
+    from audience import services
+
+    _, deferred_left = services.signups_apply_deferred()
     sent, more = confirmations.send_due()
+    more = more or deferred_left
     if more:
         send_due_confirmations.delay()
     return sent
