@@ -137,10 +137,6 @@ class Signup:
     last_name: str = ""
     phone: str = ""
 
-    @property
-    def status(self) -> str:
-        return Status.PENDING if self.double_opt_in else Status.SUBSCRIBED
-
 
 def contact_subscribe(
     *,
