@@ -136,6 +136,12 @@ if REDIS_URL:
         # A task a dead worker held (acks_late) comes back after this long. Longer than any
         # chunk takes, short enough that a crash delays a blast by minutes, not an hour.
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600, minimum=60),
+        # Without these a Redis that vanishes without closing the TCP connection (a host
+        # or network gone) leaves a publish, and with it a web request, waiting for the
+        # OS's own timeouts (minutes); a worker's BRPOP is checked by kombu's health check.
+        "socket_connect_timeout": env_float("CELERY_BROKER_TIMEOUT", 4.0, minimum=0.1),
+        "socket_timeout": 30.0,
+        "health_check_interval": 10,
     }
 else:
     # Quickstart: one machine, no server. The cache is per process, which is what the
@@ -153,6 +159,11 @@ else:
         # Fanout and control exchanges (broadcast, remote control) live here, not in the cwd.
         "control_folder": str(_broker_dir / "control"),
     }
+# A publish connects once, then its own retry policy decides (Celery's: 3 quick retries;
+# none where the caller asks for none). kombu's default is a retry loop of its own around
+# every connect: a signup after a Redis outage began took 6 s before it gave up. Workers
+# reconnect by CELERY_BROKER_CONNECTION_MAX_RETRIES instead.
+CELERY_BROKER_TRANSPORT_OPTIONS["max_retries"] = 0
 
 # --- Celery ----------------------------------------------------------------
 CELERY_TASK_ACKS_LATE = True
@@ -167,6 +178,9 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker whose broker went away keeps trying to reconnect for as long as it takes
+# (Celery's default gives up after 100 attempts, about 45 minutes, and the worker exits).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_TIMEOUT", 4.0, minimum=0.1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"

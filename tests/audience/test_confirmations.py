@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -126,3 +127,52 @@ def test_contacts_an_import_leaves_pending_get_their_mail(
         "imp2@example.com",
     ]
     assert not Contact.objects.filter(confirmation_due=True).exists()
+
+
+@pytest.fixture
+def dead_broker(monkeypatch):
+    """Point the app at a port nobody listens on, as when Redis is down."""
+    import socket
+
+    from audience import confirmations
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again once the block ends: nobody answers
+    monkeypatch.setattr(celery_app.conf, "broker_url", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setattr(celery_app, "_pool", None)
+    monkeypatch.setattr(celery_app.amqp, "_producer_pool", None)
+    yield
+    confirmations._kicked["broker_down_until"] = float("-inf")
+
+
+def test_signups_while_the_broker_is_down_answer_fast_and_still_owe_their_mail(
+    dead_broker, form, client, mailoutbox, django_capture_on_commit_callbacks
+):
+    from audience.forms import render_stamp
+
+    form.public_key = "shop"
+    form.save()
+    took = []
+    for i in range(21):
+        payload = {"email": f"outage{i}@example.com", "consent": "on", "ts": render_stamp(form)}
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):  # the kick, after commit
+            response = client.post(
+                "/f/shop/submit",
+                payload,
+                HTTP_ACCEPT="application/json",
+                REMOTE_ADDR=f"198.51.100.{i + 1}",  # each under the per-address limit
+            )
+        took.append(time.monotonic() - started)
+        assert response.status_code == 200, response.content
+    # The first finds the broker down (one connection attempt, no publish retries)...
+    assert took[0] < 2.0, took[0]
+    # ...and the next ones don't ask it again (0.6 s each before), yet every signup is
+    # stored and owes its mail, which the sweep sends once the broker is back.
+    assert max(took[1:]) < 0.1, [round(t, 3) for t in took]
+    emails = [f"outage{i}@example.com" for i in range(21)]
+    assert Contact.objects.filter(email__in=emails, confirmation_due=True).count() == 21
+    assert not mailoutbox
+    assert send_due_confirmations.apply().get() == 21
+    assert sorted(m.to[0] for m in mailoutbox) == sorted(emails)

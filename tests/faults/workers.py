@@ -25,10 +25,10 @@ def worker_env(database_url: str, **extra: str) -> dict:
         DATABASE_URL=database_url,
         STILLHERE_VAR_DIR=str(django_settings.VAR_DIR),
         LOG_LEVEL="WARNING",
-        **extra,
     )
     if django_settings.REDIS_URL:
         env["REDIS_URL"] = django_settings.REDIS_URL
+    env.update(extra)  # a test's own broker (REDIS_URL=...) wins
     return env
 
 
