@@ -47,7 +47,9 @@ def _file() -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def test_a_killed_import_worker_is_resumed_and_every_row_arrives_once(transactional_db):
+def test_a_killed_import_worker_is_resumed_and_every_row_arrives_once(
+    transactional_db, fault_report
+):
     from config.celery import app
 
     app.control.purge()
@@ -55,6 +57,7 @@ def test_a_killed_import_worker_is_resumed_and_every_row_arrives_once(transactio
     db = Database(tmp)
     workers: list[subprocess.Popen] = []
     data = _file()
+    survived, lost, duplicates = 0, None, None
     assert len(data) >= parsing.CHILD_MIN_BYTES  # the parser process takes part
     try:
         job = importing.job_create(f=io.BytesIO(data), name="big.csv", size=len(data))
@@ -105,6 +108,14 @@ def test_a_killed_import_worker_is_resumed_and_every_row_arrives_once(transactio
         )
         assert rows_done == ROWS
         print(f"killed after {done_at_kill} rows; resumed and finished")
+        survived, lost, duplicates = 1, ROWS - contacts, events - distinct
     finally:
+        fault_report(
+            fault="worker SIGKILL mid-import",
+            cases=1,
+            survived=survived,
+            lost=lost,
+            duplicates=duplicates,
+        )
         for proc in workers:
             stop(proc)

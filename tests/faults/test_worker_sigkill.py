@@ -59,7 +59,7 @@ def _seed() -> list[str]:
     return [f"r{i}@example.com" for i in range(RECIPIENTS)]
 
 
-def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional_db):
+def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional_db, fault_report):
     from config.celery import app
 
     app.control.purge()
@@ -68,6 +68,7 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
     tmp = Path(tempfile.mkdtemp(prefix="stillhere-faults-"))
     db = Database(tmp)
     workers: list[subprocess.Popen] = []
+    survived, lost, duplicates = 0, None, None
     try:
         expected = _seed()
         campaign = Campaign.objects.create(
@@ -123,7 +124,15 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
             campaign.pk,
         )
         assert open_rows == [(0,)]
+        survived, lost = 1, len(set(expected) - set(received))
     finally:
+        fault_report(
+            fault="worker SIGKILL mid-blast",
+            cases=1,
+            survived=survived,
+            lost=lost,
+            duplicates=duplicates,
+        )
         for proc in workers:
             stop(proc)
         esp.stop()
