@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format install worker clean
+.PHONY: run test faults lint format install worker clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Stillhere needs Python 3.11 or newer; set PYTHON=python3.x")'
@@ -25,6 +25,17 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## The fault suite (tests/faults/) against real PostgreSQL and Redis: kills workers, the
+## broker and connections mid-work, and ends with one table of cases, survived, records
+## lost (must be 0) and duplicates. Needs both servers; defaults to the local ones.
+FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+FAULTS_REDIS_URL ?= redis://127.0.0.1:6379/0
+faults: $(STAMP)
+	@export DATABASE_URL="$${DATABASE_URL:-$(FAULTS_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(FAULTS_REDIS_URL)}"; \
+	case "$$DATABASE_URL $$REDIS_URL" in postgres*" redis"*) ;; \
+	  *) echo "make faults needs DATABASE_URL=postgres://... and REDIS_URL=redis://..."; exit 2;; esac; \
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
