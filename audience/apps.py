@@ -8,6 +8,7 @@ class AudienceConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import m2m_changed, post_delete, post_save
 
+        from audience import checks  # noqa: F401 (registers the app's system checks)
         from audience.models import SignupForm, Tag
         from audience.selectors import signup_form_cache_clear
 

@@ -25,12 +25,12 @@ def send_due_confirmations() -> int:
 
 @shared_task
 def drain_signups() -> int:
-    """Move buffered signups into contacts (audience.intake): queued by the signup that
+    """Move buffered signups into contacts (audience.buffer): queued by the signup that
     finds no drain on its way, and by beat every minute as the sweep. Safe to run twice,
     and on many workers at once: drains take turns, and each moves what is left."""
-    from audience import intake
+    from audience import buffer
 
-    return intake.drain()
+    return buffer.drain()
 
 
 @shared_task

@@ -3,8 +3,14 @@
 django-ratelimit did this first; bench/signup.py showed it at about a quarter of a
 signup's CPU: two buckets cost four Redis round trips (add + incr each), each through
 a freshly built client. Here both buckets are counted by one Lua script on Redis, in
-one round trip that can also append the signup to its buffer (audience.intake), and
-through the cache API (add + incr) anywhere else, e.g. the quickstart's local memory.
+one round trip that can also append the signup to its buffer (audience.buffer owns
+that stream; this module only counts), and through the cache API anywhere else, e.g.
+the quickstart's local memory.
+
+A request is charged only if no bucket it is counted against is full, so that rejected
+requests cannot lock anyone else out: the view counts a rejected submission (a bot, bad
+input) against its IP's bucket alone, and only a signup that passed every check against
+the form's (audience.views).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 
 from django.core.cache import cache
@@ -40,41 +47,24 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), int(multiple or 1) * _UNIT[unit]
 
 
-_clients: dict[int, object] = {}
-
-
-def _redis_client():
-    """The Redis client behind the cache, built once per process and pool.
-
-    Django's RedisCache builds a new redis-py client on every call, and redis-py fills
-    a dict of a few hundred response callbacks for each: half a millisecond a signup.
-    """
-    backend = getattr(cache, "_cache", None)
-    if not hasattr(backend, "get_client"):
-        return None
-    pool = backend._get_connection_pool(write=True)
-    client = _clients.get(id(pool))
-    if client is None:
-        client = _clients[id(pool)] = backend.get_client(write=True)
-    return client
-
-
 # Count one hit in each bucket (KEYS[1..n], ARGV[1] = n, then limit and seconds for
-# each); unless one is over, append ARGV[2n+2] to the stream KEYS[n+1] (if given) and
-# set the flag KEYS[n+2] for ARGV[2n+3] ms. Returns -1 when over a limit, else 1 if
-# this call set the flag (its caller schedules the drain), else 0. A flag set for longer
-# (SIGNUP_BUFFER_SECONDS since lowered) is cut to ARGV[2n+3] ms, so that the next flag,
-# and the drain it queues, come on the new schedule. A script, so that counting and
-# appending are one round trip and one atomic step.
+# each), in order, and only if none is already full: a request refused by one bucket is
+# charged to none, so a flood that fills its IP's bucket never reaches the form's, and a
+# full bucket is never charged further. Unless one is full, append ARGV[2n+2] to the
+# stream KEYS[n+1] (if given) and set the flag KEYS[n+2] for ARGV[2n+3] ms. Returns -1
+# when over a limit, else 1 if this call set the flag (its caller schedules the drain),
+# else 0. A flag set for longer (SIGNUP_BUFFER_SECONDS since lowered) is cut to
+# ARGV[2n+3] ms, so that the next flag, and the drain it queues, come on the new
+# schedule. A script, so that counting and appending are one round trip and one atomic
+# step; the stream and the flag are the signup buffer's (audience.buffer).
 _COUNT_THEN_APPEND = """
 local n = tonumber(ARGV[1])
-local over = false
 for i = 1, n do
-  local count = redis.call('INCR', KEYS[i])
-  if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
-  if count > tonumber(ARGV[2 * i]) then over = true end
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[2 * i]) then return -1 end
 end
-if over then return -1 end
+for i = 1, n do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
+end
 if #KEYS == n then return 0 end
 redis.call('XADD', KEYS[n + 1], '*', 'v', ARGV[2 * n + 2])
 if redis.call('SET', KEYS[n + 2], '1', 'NX', 'PX', ARGV[2 * n + 3]) then return 1 end
@@ -141,14 +131,24 @@ def _windows(buckets: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
     return windows
 
 
-def count_then_append(
-    buckets: list[tuple[str, str]], *, stream: str, entry: str, flag: str, flag_ms: int
-) -> int | None:
-    """Count one hit in each (name, rate) bucket and, unless one is over its rate, append
-    `entry` to the Redis stream `stream`, in one round trip. Returns -1 when over a rate,
-    1 when the entry went in and this call set `flag` (for `flag_ms`), 0 when it went in
-    and the flag was already set; None when the cache is not Redis (nothing happened).
-    Stream and flag are cache keys (the cache's prefix is added here)."""
+@dataclass(frozen=True)
+class Append:
+    """What to append to a Redis stream once the limits let a request through, in the
+    same round trip: the signup buffer's entry (audience.buffer owns the stream and the
+    flag; both are cache keys, the cache's prefix is added here)."""
+
+    stream: str
+    entry: str
+    flag: str
+    flag_ms: int
+
+
+def count(buckets: list[tuple[str, str]], *, append: Append | None = None) -> int | None:
+    """Count one hit in each (name, rate) bucket, in order, unless one is already full
+    (then none is charged); if none was full and `append` is given, append its entry, in
+    one round trip. Returns -1 when over a rate, 1 when the entry went in and this call
+    set the flag, 0 otherwise; None when the cache is not Redis (nothing happened).
+    Raises RedisError when Redis fails (the entry may have gone in all the same)."""
     if _connection() is None:
         return None
     make_key = _local.make_key
@@ -157,20 +157,21 @@ def count_then_append(
     args: list[object] = [len(windows)]
     for _key, limit, seconds in windows:
         args += [limit, seconds]
-    if stream:
-        keys += [make_key(stream), make_key(flag)]
-        args += [entry, max(1, flag_ms)]
+    if append is not None:
+        keys += [make_key(append.stream), make_key(append.flag)]
+        args += [append.entry, max(1, append.flag_ms)]
     return int(_count_then_append(keys, args))
 
 
 def over_limit(buckets: list[tuple[str, str]]) -> bool:
-    """Count one hit in each (name, rate) bucket; True if any is over its rate.
+    """Count one hit in each (name, rate) bucket unless one is already full; True if one
+    is (then none was charged).
 
-    Every bucket counts even when another is already over, so a flood spread over many
-    IPs still fills the per-form bucket.
+    Buckets are checked in the order given: the caller puts the narrow one (the IP's)
+    first, and only a request that passes it can be charged to the wide one (the form's).
     """
     try:
-        counted = count_then_append(buckets, stream="", entry="", flag="", flag_ms=0)
+        counted = count(buckets)
     except RedisError:
         # A visitor must not get an error because the shared counters cannot be reached,
         # nor may a flood go uncounted meanwhile: this process counts alone. Logged.
@@ -178,11 +179,15 @@ def over_limit(buckets: list[tuple[str, str]]) -> bool:
         return over_limit_here(buckets)
     if counted is not None:
         return counted < 0
-    over = False
-    for key, limit, seconds in _windows(buckets):
+    # The cache API (the quickstart's local memory): look, then charge. Two requests at
+    # once may both pass the last free hit; within one process that is a hit or two.
+    windows = _windows(buckets)
+    if any((cache.get(key) or 0) >= limit for key, limit, _seconds in windows):
+        return True
+    for key, _limit, seconds in windows:
         cache.add(key, 0, timeout=seconds)
-        over = cache.incr(key) > limit or over
-    return over
+        cache.incr(key)
+    return False
 
 
 _here: dict[str, int] = {}
@@ -197,8 +202,15 @@ def over_limit_here(buckets: list[tuple[str, str]]) -> bool:
     with _here_lock:
         if len(_here) > 10_000:  # old windows and many IPs: start afresh
             _here.clear()
-        over = False
-        for key, limit, _seconds in windows:
+        if any(_here.get(key, 0) >= limit for key, limit, _seconds in windows):
+            return True
+        for key, _limit, _seconds in windows:
             _here[key] = _here.get(key, 0) + 1
-            over = _here[key] > limit or over
-    return over
+    return False
+
+
+def _redis_client():
+    """Kept for callers written before audience.buffer: the signup buffer's client."""
+    from audience import buffer
+
+    return buffer.client()

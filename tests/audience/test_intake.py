@@ -1,5 +1,7 @@
-"""The signup buffer (audience.intake): with Redis, a public signup is counted and put in a
-Redis stream while the visitor waits, and a drain moves the stream into contacts later.
+"""The signup buffer (audience.buffer, used by audience.intake): with a Redis that keeps its
+data, a public signup is counted and put in a Redis stream while the visitor waits, and a
+drain moves the stream into contacts later. Also the rate limits every signup is counted
+against (audience.throttle).
 
 What a shop owner relies on: every signup that was answered "thanks" becomes a contact,
 exactly once, with the consent evidence as it was at signup time (time, IP, user agent,
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -24,6 +27,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
+from audience import buffer as signup_buffer
 from audience import intake, services, throttle
 from audience.forms import render_stamp
 from audience.models import ConsentEvent, Contact, SignupBufferCursor, SuppressedEmail
@@ -48,8 +52,10 @@ needs_postgresql = pytest.mark.skipif(
 
 @pytest.fixture
 def buffer(settings):
-    """The signup buffer on, as in production with Redis."""
-    settings.SIGNUP_BUFFER = True
+    """The signup buffer on, as in production with a Redis that keeps its data. Forced:
+    the shared test Redis need not run with appendonly yes, and these tests are about
+    the buffer itself (tests/faults/test_buffer_redis_restart.py covers the choice)."""
+    settings.SIGNUP_BUFFER = "force"
     settings.SIGNUP_BUFFER_SECONDS = 0
 
 
@@ -84,12 +90,17 @@ def _stream() -> str:
     return cache.make_key(intake.STREAM)
 
 
+def _redis():
+    return signup_buffer.client()
+
+
 def _set_aside() -> list[tuple[bytes, dict]]:
-    return throttle._redis_client().xrange(cache.make_key(intake.FAILED_STREAM))
+    return _redis().xrange(cache.make_key(intake.FAILED_STREAM))
 
 
 def _entry(form, email, *, first_name="", ip="198.51.100.30", at=None) -> dict:
-    """A buffer entry as intake.signup writes it (for entries a test puts in directly)."""
+    """A version-1 buffer entry, as the version before audience.buffer wrote it and as a
+    Redis may still hold at the upgrade (for entries a test puts in directly)."""
     values = [
         1, form.pk, email, first_name, "", "", "form-script", ip, "Mozilla/5.0",
         form.consent_text, form.double_opt_in, timezone.now().timestamp() if at is None else at,
@@ -147,7 +158,7 @@ def test_a_buffered_signup_is_answered_at_once_and_stored_with_its_evidence_by_t
     # Its double opt-in mail went out once the drain committed.
     assert [m.to for m in mailoutbox] == [["anna@example.com"]]
     assert intake.backlog() == 0
-    assert SignupBufferCursor.objects.get(name=intake.STREAM).drained == 1
+    assert signup_buffer.cursor().drained == 1
     assert contact.created_at == event.created_at  # the contact's own timestamps too
 
 
@@ -187,12 +198,12 @@ def test_a_drain_flag_from_a_longer_buffer_window_is_cut_to_the_new_one(
     # SIGNUP_BUFFER_SECONDS lowered from an hour: the next signups must not wait an hour
     # (or for beat's sweep) to queue their drain.
     flag = cache.make_key(intake.DRAIN_QUEUED_FLAG)
-    throttle._redis_client().set(flag, "1", px=3_600_000)
+    _redis().set(flag, "1", px=3_600_000)
     settings.SIGNUP_BUFFER_SECONDS = 0.2
     _signed_up(client, form, "first@example.com")
     assert queued_drains == []  # the old flag's drain is on its way
-    assert 0 < throttle._redis_client().pttl(flag) <= 200
-    assert wait_for(lambda: throttle._redis_client().pttl(flag) == -2, timeout=5)
+    assert 0 < _redis().pttl(flag) <= 200
+    assert wait_for(lambda: _redis().pttl(flag) == -2, timeout=5)
     _signed_up(client, form, "second@example.com")
     assert queued_drains == [{"countdown": 0.2, "expires": 60.0}]
     assert intake.drain() == 2
@@ -210,7 +221,7 @@ def test_a_drain_moves_a_buffer_larger_than_its_batch(client, form, settings):
     assert sorted(Contact.objects.values_list("email", flat=True)) == emails
     assert ConsentEvent.objects.filter(kind="signup").count() == 5
     assert intake.backlog() == 0
-    assert SignupBufferCursor.objects.get(name=intake.STREAM).drained == 5
+    assert signup_buffer.cursor().drained == 5
 
 
 @pytest.mark.usefixtures("buffer", "queued_drains")
@@ -233,18 +244,17 @@ def test_the_consent_text_the_visitor_saw_is_kept_when_the_form_is_edited_before
 
 @pytest.fixture
 def trim_fails_once(monkeypatch):
-    """The drain's first XTRIM, after its commit, fails as if Redis went away."""
-    client_redis = throttle._redis_client()
-    real_xtrim = client_redis.xtrim
+    """The drain's first trim, after its commit, fails as if Redis went away."""
+    real_trim = signup_buffer._trim
     failures = []
 
-    def xtrim_fails_once(*args, **kwargs):
+    def trim_fails_once(*args, **kwargs):
         if not failures:
             failures.append(1)
             raise redis.exceptions.ConnectionError("Redis went away after the commit")
-        return real_xtrim(*args, **kwargs)
+        return real_trim(*args, **kwargs)
 
-    monkeypatch.setattr(client_redis, "xtrim", xtrim_fails_once)
+    monkeypatch.setattr(signup_buffer, "_trim", trim_fails_once)
 
 
 @pytest.mark.usefixtures("buffer", "queued_drains")
@@ -324,7 +334,7 @@ def test_a_drain_that_fails_before_commit_stores_nothing_and_the_next_stores_eac
         "two@example.com",
     ]
     assert intake.backlog() == 0
-    assert SignupBufferCursor.objects.get(name=intake.STREAM).drained == 3
+    assert signup_buffer.cursor().drained == 3
 
 
 @pytest.mark.usefixtures("buffer", "queued_drains")
@@ -400,7 +410,7 @@ def test_a_signup_whose_form_is_deleted_while_buffered_is_still_stored(client, f
 @needs_redis
 @pytest.mark.django_db
 def test_an_unreadable_entry_is_set_aside_and_the_signups_around_it_are_stored(client, form):
-    stream = throttle._redis_client()
+    stream = _redis()
     _signed_up(client, form, "before@example.com")
     garbage = stream.xadd(_stream(), {"v": "{not json"})
     _signed_up(client, form, "after@example.com")
@@ -431,7 +441,7 @@ def test_an_unreadable_entry_is_set_aside_and_the_signups_around_it_are_stored(c
 @needs_redis
 @pytest.mark.django_db
 def test_a_malformed_entry_is_set_aside_and_does_not_block_the_buffer(client, form, malformed):
-    stream = throttle._redis_client()
+    stream = _redis()
     _signed_up(client, form, "before@example.com")
     bad = stream.xadd(_stream(), _entry(form, "malformed@example.com", **malformed))
     _signed_up(client, form, "after@example.com")
@@ -451,7 +461,7 @@ def test_a_malformed_entry_is_set_aside_and_does_not_block_the_buffer(client, fo
 def test_entries_the_database_refuses_are_set_aside_and_the_rest_of_the_batch_is_stored(
     client, form
 ):
-    stream = throttle._redis_client()
+    stream = _redis()
     _signed_up(client, form, "good1@example.com")
     unreadable = stream.xadd(_stream(), {"v": json.dumps([0, "from no version of ours"])})
     # A name longer than the column (the form's cleaning never lets one through).
@@ -509,7 +519,7 @@ def test_with_redis_unreachable_a_signup_is_written_straight_to_the_database(
     def unreachable(*args, **kwargs):
         raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
 
-    monkeypatch.setattr(throttle, "count_then_append", unreachable)
+    monkeypatch.setattr(signup_buffer, "append", unreachable)
     before = timezone.now()
     response = _post(client, form, {"email": "direct@example.com"}, **JSON)
     assert response.status_code == 200
@@ -530,17 +540,17 @@ def test_a_reply_lost_after_redis_buffered_the_signup_still_stores_it_once(
 ):
     # Redis appended the entry, then the reply never came back (a timeout): the signup is
     # written directly, and the drain must not store it a second time.
-    real = throttle.count_then_append
+    real = signup_buffer.append
 
     def appended_then_lost(*args, **kwargs):
         real(*args, **kwargs)
         raise redis.exceptions.TimeoutError("Timeout reading from socket")
 
-    monkeypatch.setattr(throttle, "count_then_append", appended_then_lost)
+    monkeypatch.setattr(signup_buffer, "append", appended_then_lost)
     _signed_up(client, form, "lost-reply@example.com")
     assert Contact.objects.filter(email="lost-reply@example.com").exists()
     assert intake.backlog() == 1
-    monkeypatch.setattr(throttle, "count_then_append", real)
+    monkeypatch.setattr(signup_buffer, "append", real)
     assert intake.drain() == 1
     assert _signup_events("lost-reply@example.com").count() == 1
     assert intake.backlog() == 0
@@ -555,7 +565,7 @@ def test_with_redis_down_the_rate_limits_are_still_counted_in_each_process(
     def unreachable(*args, **kwargs):
         raise redis.exceptions.ConnectionError("Error 111 connecting to redis:6379")
 
-    monkeypatch.setattr(throttle, "count_then_append", unreachable)
+    monkeypatch.setattr(signup_buffer, "append", unreachable)
     monkeypatch.setattr(throttle, "_here", {})
     settings.SIGNUP_RATE_PER_IP = "2/h"
     codes = [
@@ -604,7 +614,7 @@ def test_an_unsubscribe_made_while_the_signup_waited_wins(client, form):
 @pytest.mark.django_db
 def test_an_entry_from_a_newer_version_waits_for_the_newer_workers(client, form):
     _signed_up(client, form, "before@example.com")
-    throttle._redis_client().xadd(_stream(), {"v": json.dumps([99, "a newer layout"])})
+    _redis().xadd(_stream(), {"v": json.dumps([99, "a newer layout"])})
     _signed_up(client, form, "after@example.com")
     intake.drain()
     # Stored up to the newer entry, which is neither dropped nor set aside.
@@ -655,6 +665,221 @@ def test_with_a_worker_a_buffered_signup_becomes_a_contact_and_gets_its_mail_unp
     assert wait_for(lambda: [m.to for m in mailoutbox] == [["worker@example.com"]])
     assert "/confirm/" in mailoutbox[0].body
     assert intake.backlog() == 0
+
+
+# --- entries: self-describing and versioned -------------------------------------------
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_buffered_signup_is_a_versioned_entry_with_named_fields(client, form):
+    _signed_up(client, form, "named@example.com", REMOTE_ADDR="203.0.113.9")
+    ((_id, fields),) = _redis().xrange(_stream())
+    version, values = json.loads(fields[b"v"])
+    assert version == 2
+    assert values["email"] == "named@example.com"
+    assert (values["form"], values["ip"], values["method"]) == (
+        form.pk,
+        "203.0.113.9",
+        "form-script",
+    )
+    assert values["consent_text"] == form.consent_text
+    assert set(values) == {
+        "sid", "form", "email", "first_name", "last_name", "phone", "method", "ip",
+        "user_agent", "consent_text", "double_opt_in", "at",
+    }  # fmt: skip
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_version_1_entry_waiting_at_the_upgrade_is_still_stored(client, form):
+    _redis().xadd(_stream(), _entry(form, "old-layout@example.com", first_name="Olga"))
+    _signed_up(client, form, "new-layout@example.com")
+    assert intake.drain() == 2
+    old = Contact.objects.get(email="old-layout@example.com")
+    assert (old.first_name, old.status) == ("Olga", "pending")
+    assert _signup_events("old-layout@example.com").get().ip == "198.51.100.30"
+    assert Contact.objects.filter(email="new-layout@example.com").exists()
+    assert not _set_aside()
+
+
+# --- the drain deletes only what it stored, whichever Redis it finds -------------------
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        pytest.param("empty", id="a-new-redis-without-data"),
+        pytest.param("lost-last-writes", id="a-redis-that-lost-its-last-writes"),
+    ],
+)
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_signups_a_replacement_redis_numbers_below_the_cursor_are_stored_not_deleted(
+    client, form, replacement
+):
+    # The old Redis host's clock ran ahead: its entries, and so the drain's cursor, carry
+    # ids later than the replacement's clock will reach for years.
+    ahead = "32503680000000-0"  # the year 3000
+    entry = _entry(form, "old-host@example.com")
+    _redis().xadd(_stream(), entry, id=ahead)
+    assert intake.drain() == 1
+    assert signup_buffer.cursor().last_id == ahead
+    # The replacement: nothing of the old one, or (a lagging replica promoted) the same
+    # epoch but not the stream's last entries.
+    _redis().delete(_stream())
+    if replacement == "empty":
+        _redis().delete(cache.make_key(signup_buffer.EPOCH))
+    for i in range(3):
+        _signed_up(client, form, f"answered{i}@example.com")
+    assert intake.backlog() == 3
+    assert intake.drain() == 3
+    for i in range(3):
+        assert _signup_events(f"answered{i}@example.com").count() == 1
+    assert intake.backlog() == 0
+    assert _signup_events("old-host@example.com").count() == 1
+    # And the buffer goes on as usual on the new Redis.
+    _signed_up(client, form, "later@example.com")
+    assert intake.drain() == 1
+    assert _signup_events("later@example.com").count() == 1
+
+
+@pytest.mark.usefixtures("buffer", "queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_drain_that_reads_nothing_deletes_nothing(client, form):
+    ahead = "32503680000000-0"
+    _redis().xadd(_stream(), _entry(form, "old-host@example.com"), id=ahead)
+    intake.drain()
+    _redis().delete(_stream(), cache.make_key(signup_buffer.EPOCH))
+    # Appended by the replacement Redis while a drain that began on the old one runs on.
+    _redis().xadd(_stream(), _entry(form, "meanwhile@example.com"))
+    signup_buffer._trim(_redis(), epoch="the-old-epoch", below=ahead)
+    assert intake.backlog() == 1
+    intake.drain()
+    assert _signup_events("meanwhile@example.com").count() == 1
+
+
+@pytest.mark.usefixtures("queued_drains")
+@needs_redis
+@pytest.mark.django_db
+def test_a_cursor_from_before_epochs_is_taken_over_once(client, form, buffer):
+    # Deployed over a version whose cursor was named after the stream alone: the signups
+    # it already stored (still in the stream: its trim failed) are not stored again.
+    first = _redis().xadd(_stream(), _entry(form, "stored-before@example.com"))
+    SignupBufferCursor.objects.create(name=intake.STREAM, last_id=first.decode(), drained=1)
+    _signed_up(client, form, "after-upgrade@example.com")
+    assert intake.drain() == 1
+    assert not Contact.objects.filter(email="stored-before@example.com").exists()
+    assert Contact.objects.filter(email="after-upgrade@example.com").exists()
+    assert signup_buffer.cursor().drained == 2
+    assert intake.backlog() == 0
+
+
+@pytest.mark.django_db
+def test_check_deploy_warns_when_the_buffer_is_forced_whatever_redis_keeps(settings):
+    from django.core import checks
+
+    def warnings() -> list[str]:
+        messages = checks.run_checks(include_deployment_checks=True)
+        return [message.id for message in messages if message.id.startswith("audience.")]
+
+    settings.SIGNUP_BUFFER = "auto"
+    assert warnings() == []
+    settings.SIGNUP_BUFFER = "force"
+    assert warnings() == ["audience.W001"]
+
+
+# --- rate limits: one bot cannot close the form to everyone else ------------------------
+
+
+@pytest.fixture(params=["redis", "cache", "in-process"])
+def counting(request, settings, monkeypatch):
+    """Each way the limits are counted: the Lua script on Redis, the cache API (the
+    quickstart's local memory), and in-process while Redis cannot be reached."""
+    if request.param == "redis" and "redis" not in settings.CACHES["default"]["BACKEND"].lower():
+        pytest.skip("the Lua path needs the cache to be Redis (set REDIS_URL)")
+    if request.param == "cache":
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        cache.clear()
+    monkeypatch.setattr(throttle, "_here", {})
+    if request.param == "in-process":
+        return throttle.over_limit_here
+    return throttle.over_limit
+
+
+def test_once_a_bucket_is_over_no_further_bucket_is_charged(counting):
+    ip, other, form_bucket = (
+        ("signup-ip:bot", "5/h"),
+        ("signup-ip:visitor", "5/h"),
+        ("signup-form:shop", "4/h"),
+    )
+    assert [counting([ip, form_bucket]) for _ in range(3)] == [False, False, False]
+    # The bot's IP is full after 5 hits (2 more); its next 600 requests are refused and
+    # charged to neither bucket: the form has counted 3 signups of its 4.
+    assert [counting([ip]) for _ in range(2)] == [False, False]
+    assert all(counting([ip, form_bucket]) for _ in range(600))
+    assert counting([other, form_bucket]) is False
+    assert counting([other, form_bucket]) is True  # the form's 5th: now the form is full
+    assert counting([other]) is False  # and nothing was charged to the visitor's IP by it
+
+
+@pytest.mark.parametrize("buffered", [False, pytest.param(True, marks=needs_redis)])
+@pytest.mark.usefixtures("queued_drains")
+@pytest.mark.django_db
+def test_a_flood_of_junk_from_one_ip_leaves_a_visitor_from_another_ip_unaffected(
+    client, form, settings, buffered
+):
+    settings.SIGNUP_RATE_PER_IP = "10/m"
+    settings.SIGNUP_RATE_PER_FORM = "600/m"
+    if buffered:
+        settings.SIGNUP_BUFFER = "force"
+        settings.SIGNUP_BUFFER_SECONDS = 0
+    bot = {"REMOTE_ADDR": "203.0.113.66", **JSON}
+    codes = Counter()
+    for i in range(150):  # the honeypot filled: answered as if it worked
+        codes[
+            _post(client, form, {"email": f"h{i}@example.com", "website": "x"}, **bot).status_code
+        ] += 1
+    for i in range(150):  # not an address
+        codes[_post(client, form, {"email": f"not-an-address-{i}"}, **bot).status_code] += 1
+    for i in range(160):  # real-looking signups: 10 within the IP's limit, then refused
+        codes[_post(client, form, {"email": f"b{i}@example.com"}, **bot).status_code] += 1
+    settings.SIGNUP_MIN_SECONDS = 30
+    for i in range(150):  # faster than any person fills a form
+        codes[_post(client, form, {"email": f"f{i}@example.com"}, **bot).status_code] += 1
+    settings.SIGNUP_MIN_SECONDS = 0
+    assert sum(codes.values()) == 610
+    assert codes[429] > 400  # the bot's IP is held back
+    for n in range(3):
+        _signed_up(client, form, f"visitor{n}@example.com", REMOTE_ADDR=f"198.51.100.{n + 1}")
+    intake.drain()
+    for n in range(3):
+        assert Contact.objects.filter(email=f"visitor{n}@example.com").exists()
+
+
+@pytest.mark.usefixtures("queued_drains")
+@pytest.mark.django_db
+def test_only_accepted_signups_count_toward_the_form_wide_limit(client, form, settings):
+    # Per hour: a window that turns over mid-test is unlikely.
+    settings.SIGNUP_RATE_PER_IP = "2/h"
+    settings.SIGNUP_RATE_PER_FORM = "5/h"
+    bot = {"REMOTE_ADDR": "203.0.113.66", **JSON}
+    statuses = [
+        _post(client, form, {"email": f"b{i}@example.com"}, **bot).status_code for i in range(50)
+    ]
+    assert statuses[:2] == [200, 200] and set(statuses[2:]) == {429}
+    statuses = [
+        _post(
+            client, form, {"email": f"v{n}@example.com"}, REMOTE_ADDR=f"198.51.100.{n}", **JSON
+        ).status_code
+        for n in range(1, 6)
+    ]
+    # 2 of the bot's signups were taken; the form's 5 allow exactly 3 more.
+    assert statuses == [200, 200, 200, 429, 429]
 
 
 # --- contacts_subscribe_batch: what the drain writes through (any database) -------------

@@ -11,7 +11,6 @@ consent event, nothing lost, nothing doubled, the buffer empty.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import tempfile
@@ -23,7 +22,8 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from audience import intake, throttle
+from audience import buffer, intake
+from audience.services import Evidence
 from audience.tasks import drain_signups
 from tests.factories import SignupFormFactory
 from tests.faults.workers import Database, start_worker, stop, wait, worker_env
@@ -41,17 +41,18 @@ ENTRIES = 60_000 if connection.vendor == "postgresql" else 6_000
 
 
 def _fill_buffer(form) -> None:
-    """ENTRIES signups in the buffer, as intake.signup writes them (single opt-in: no mail)."""
-    client = throttle._redis_client()
+    """ENTRIES signups in the buffer, as audience.buffer writes them (single opt-in: no mail)."""
+    client = buffer.client()
     stream = cache.make_key(intake.STREAM)
     at = timezone.now().timestamp()
     pipe = client.pipeline(transaction=False)
     for i in range(ENTRIES):
-        values = [
-            1, form.pk, f"s{i}@example.com", f"Person {i}", "", "", "form-script",
-            "198.51.100.7", "Mozilla/5.0", form.consent_text, False, at + i / 1000, f"sid{i}",
-        ]  # fmt: skip
-        pipe.xadd(stream, {"v": json.dumps(values)})
+        entry = buffer.encode(
+            sid=f"sid{i}", form=form, email=f"s{i}@example.com", first_name=f"Person {i}",
+            last_name="", phone="", at=at + i / 1000,
+            evidence=Evidence(method="form-script", ip="198.51.100.7", user_agent="Mozilla/5.0"),
+        )  # fmt: skip
+        pipe.xadd(stream, {"v": entry})
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
@@ -65,7 +66,7 @@ def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(transact
     tmp = Path(tempfile.mkdtemp(prefix="stillhere-faults-"))
     db = Database(tmp)
     workers: list[subprocess.Popen] = []
-    client = throttle._redis_client()
+    client = buffer.client()
     stream = cache.make_key(intake.STREAM)
     try:
         form = SignupFormFactory(double_opt_in=False)
@@ -75,8 +76,8 @@ def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(transact
 
         def cursor() -> tuple[int, str]:
             rows = db.query(
-                "SELECT drained, last_id FROM audience_signupbuffercursor WHERE name = %s",
-                intake.STREAM,
+                "SELECT drained, last_id FROM audience_signupbuffercursor WHERE name LIKE %s",
+                f"{buffer.STREAM}@%",
             )
             return rows[0] if rows else (0, "")
 
