@@ -26,6 +26,12 @@ from config.env import (
     parse_redis_url,
     parse_site_url,
 )
+from config.webhooks import (
+    credentials_hint,
+    credentials_message,
+    missing_credentials,
+    tracking_providers,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("STILLHERE_VAR_DIR") or BASE_DIR / "var")
@@ -71,6 +77,7 @@ INSTALLED_APPS = [
     "crispy_forms",
     "crispy_bootstrap5",
     "anymail",
+    "config.apps.StillhereConfig",
     "audience",
     "campaigns",
 ]
@@ -299,13 +306,24 @@ def _anymail_settings(provider: str) -> dict:
 
 
 ANYMAIL = _anymail_settings(EMAIL_PROVIDER) if EMAIL_BACKEND.startswith("anymail") else {}
-# Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/:
-# basic-auth credentials "user:password" you put in the webhook URL at the provider,
-# and Mailgun's own signing key, which it checks instead.
+# Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/, only
+# for the providers we send through (config.webhooks; add a failover provider to
+# tracking_providers once there is one): basic-auth credentials "user:password" you put
+# in the webhook URL at the provider, and Mailgun's own signing key, which it checks
+# instead. A mounted endpoint without them accepts forged bounces and complaints from
+# anyone, so production refuses to start (config/checks.py warns under DEBUG).
+WEBHOOK_PROVIDERS = tracking_providers(EMAIL_PROVIDER)
 if env_str("ANYMAIL_WEBHOOK_SECRET"):
+    if ":" not in env_str("ANYMAIL_WEBHOOK_SECRET"):
+        raise ImproperlyConfigured("ANYMAIL_WEBHOOK_SECRET must be <user>:<password>")
     ANYMAIL["WEBHOOK_SECRET"] = env_str("ANYMAIL_WEBHOOK_SECRET")
 if env_str("MAILGUN_WEBHOOK_SIGNING_KEY"):
     ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env_str("MAILGUN_WEBHOOK_SIGNING_KEY")
+if not DEBUG:
+    for _provider, _variable in missing_credentials(WEBHOOK_PROVIDERS, ANYMAIL):
+        raise ImproperlyConfigured(
+            f"{credentials_message(_provider, _variable)} {credentials_hint(_variable)}"
+        )
 if EMAIL_PROVIDER == "mailjet" and not ANYMAIL.get("MAILJET_SECRET_KEY"):
     raise ImproperlyConfigured("EMAIL_PROVIDER=mailjet needs EMAIL_API_SECRET as well")
 
@@ -374,21 +392,10 @@ SIGNUP_RATE_PER_FORM = env_rate("SIGNUP_RATE_PER_FORM", "600/m")
 SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
 # A rendered form's stamp is good for this long; older submits are asked to reload.
 SIGNUP_STAMP_MAX_AGE = env_int("SIGNUP_STAMP_MAX_AGE", 86400, minimum=60)
-# With a Redis that keeps its data, a signup is answered once it is in Redis's signup
-# buffer, and a worker moves it into the database within SIGNUP_BUFFER_SECONDS
-# (audience.buffer). "auto" buffers only while that Redis reports `appendonly yes` (asked
-# every SIGNUP_BUFFER_CHECK_SECONDS): a Redis that restarts without its data would lose
-# every signup waiting in it. "force" buffers whatever Redis reports (check --deploy
-# warns). Off, or auto without persistence: each signup is written before it is answered.
-_SIGNUP_BUFFER_MODES = {"auto": "auto", "on": "auto", "1": "auto", "true": "auto",
-                        "yes": "auto", "force": "force", "off": "", "0": "", "false": "",
-                        "no": "", "": ""}  # fmt: skip
-SIGNUP_BUFFER = (
-    _SIGNUP_BUFFER_MODES[env_choice("SIGNUP_BUFFER", list(_SIGNUP_BUFFER_MODES), "auto")]
-    if REDIS_URL
-    else ""
-)
-SIGNUP_BUFFER_CHECK_SECONDS = env_float("SIGNUP_BUFFER_CHECK_SECONDS", 30, minimum=0)
+# With Redis, a signup is answered once it is in Redis's signup buffer, and a worker
+# moves it into the database within SIGNUP_BUFFER_SECONDS (audience.intake). Off: each
+# signup is written to the database before it is answered (a third to half the rate).
+SIGNUP_BUFFER = env_bool("SIGNUP_BUFFER", True) and bool(REDIS_URL)
 SIGNUP_BUFFER_SECONDS = env_float("SIGNUP_BUFFER_SECONDS", 0.5, minimum=0)
 SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
 # Behind a proxy, the header that carries the visitor's address (e.g. HTTP_X_REAL_IP),

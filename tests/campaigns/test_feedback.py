@@ -9,6 +9,7 @@ import pytest
 
 from campaigns.models import Campaign, Delivery
 from tests.factories import ContactFactory
+from tests.webhooks import mount_tracking
 
 pytestmark = pytest.mark.django_db
 
@@ -19,6 +20,7 @@ URL = "/anymail/mailgun/tracking/"
 @pytest.fixture(autouse=True)
 def _mailgun_webhooks(settings):
     settings.ANYMAIL = {**settings.ANYMAIL, "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY}
+    mount_tracking(settings, "mailgun")
 
 
 def _post(client, event_data: dict, *, key: str = SIGNING_KEY):
@@ -83,7 +85,7 @@ def test_open_and_click_mark_the_delivery_once(client):
 def test_forged_webhook_is_refused_and_changes_nothing(client):
     contact = ContactFactory(email="safe@example.com")
     response = _post(client, {"event": "complained", "recipient": "safe@example.com"}, key="wrong")
-    assert response.status_code == 400
+    assert response.status_code == 403
     contact.refresh_from_db()
     assert contact.status == "subscribed"
 
