@@ -27,7 +27,14 @@ from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files import File
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    InterfaceError,
+    OperationalError,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import Q
 from django.utils import timezone
 
@@ -551,8 +558,9 @@ def _heartbeat(job: ImportJob) -> Iterator[None]:
                     _this_run(job).filter(status=ImportJob.Status.RUNNING).update(
                         heartbeat_at=timezone.now()
                     )
-                except Exception:
-                    log.exception("import %s: heartbeat not saved", job.pk)
+                except Exception as exc:
+                    log.warning("import %s: heartbeat not saved (%s)", job.pk, exc)
+                    connection.close()  # the next beat opens a new one
         finally:
             connection.close()  # this thread's own
 
@@ -568,6 +576,7 @@ def _heartbeat(job: ImportJob) -> Iterator[None]:
 def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
     counts: Counter = Counter()
     done = 0
+    stored_through = 1  # the last file line whose chunk is committed (1: the header)
     rejected_count = 0
     with tempfile.TemporaryFile() as raw:
         # utf-8-sig: Excel opens it with the right characters.
@@ -599,6 +608,7 @@ def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
                     counts["phone_dropped"] += sum(1 for r in chunk.records if r.phone_dropped)
                     counts["invalid"] = rejected_count
                     done += chunk.consumed
+                    stored_through = max(stored_through, _last_line(chunk))
                     if time.monotonic() - last_saved > 0.5:
                         last_saved = time.monotonic()
                         if not _this_run(job).update(
@@ -612,11 +622,20 @@ def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
             return _finish(job, ImportJob.Status.FAILED, done, counts, error=str(exc))
         except _Superseded:
             raise
-        except Exception:
-            log.exception("import %s failed", job.pk)
-            _finish(job, ImportJob.Status.FAILED, done, counts,
-                    error="The import stopped on an unexpected error; the rows before it "
-                    "were imported, and running the same file again is safe.")  # fmt: skip
+        except Exception as exc:
+            lost = _connection_lost(exc)
+            if lost:  # an operator's problem, not a bug: one line, no traceback
+                log.error("import %s: database connection lost (%s)", job.pk, exc)
+            else:
+                log.exception("import %s failed", job.pk)
+            cause = "the database connection was lost" if lost else "an unexpected error"
+            error = (
+                f"The import stopped on {cause} after {done:,} rows of the file were "
+                f"stored (every row up to line {stored_through:,}); later rows were not, "
+                "and running the same file again is safe: it stores the rest and leaves "
+                "the stored rows as they are."
+            )
+            _record_failure(job, done, counts, error)
             raise
         if rejected_count:
             rejected.flush()
@@ -625,6 +644,46 @@ def _run_claimed(job: ImportJob, *, progress: Progress | None) -> ImportJob:
             _this_run(job).update(rejected=job.rejected.name)
         rejected.detach()
     return _finish(job, ImportJob.Status.DONE, done, counts)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Django's connection errors, or the driver's own (the import's COPY runs on the
+    psycopg cursor itself, so a terminated backend surfaces as psycopg's error)."""
+    try:
+        import psycopg
+
+        driver: tuple = (psycopg.OperationalError, psycopg.InterfaceError)
+    except ImportError:  # SQLite only
+        driver = ()
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (OperationalError, InterfaceError, *driver)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _last_line(chunk: Chunk) -> int:
+    lines = [r.line for r in chunk.records] + [line for line, _, _ in chunk.rejected]
+    return max(lines, default=0)
+
+
+def _record_failure(job: ImportJob, done: int, counts: Counter, error: str) -> None:
+    """Mark the job failed on a connection of its own: the one the import used may be
+    the one that died (a terminated backend, a restarted server), and a job left
+    "running" with no error tells nobody anything."""
+    if not connection.in_atomic_block:  # (a test's transaction is kept as it is)
+        connection.close()
+    for attempt in range(3):
+        try:
+            _finish(job, ImportJob.Status.FAILED, done, counts, error=error)
+            return
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or attempt == 2:
+                log.error("import %s: its failure could not be recorded: %s", job.pk, error)
+                return
+            connection.close()
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _count_rows(job: ImportJob) -> int:

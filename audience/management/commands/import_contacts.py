@@ -70,7 +70,22 @@ class Command(BaseCommand):
         job = importing.job_start(job=job, options=options, dispatch=False)
         started = time.monotonic()
         bar = _Bar(self.stderr._out if hasattr(self.stderr, "_out") else sys.stderr, started)
-        job = importing.run_job(job.pk, progress=bar)
+        try:
+            job = importing.run_job(job.pk, progress=bar)
+        except Exception as exc:
+            # run_job has recorded why on the job (on a fresh connection if the old one
+            # died): say that in one line, not with a traceback.
+            bar.close()
+            from django.db import connection
+
+            if not connection.in_atomic_block:
+                connection.close()
+            try:
+                job.refresh_from_db()
+                error = job.error
+            except Exception:
+                error = ""
+            raise CommandError(error or f"The import failed: {exc}") from None
         bar.close()
         if job.status != job.Status.DONE:
             raise CommandError(job.error or "The import failed.")
