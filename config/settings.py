@@ -392,10 +392,21 @@ SIGNUP_RATE_PER_FORM = env_rate("SIGNUP_RATE_PER_FORM", "600/m")
 SIGNUP_MIN_SECONDS = env_float("SIGNUP_MIN_SECONDS", 2.0, minimum=0)
 # A rendered form's stamp is good for this long; older submits are asked to reload.
 SIGNUP_STAMP_MAX_AGE = env_int("SIGNUP_STAMP_MAX_AGE", 86400, minimum=60)
-# With Redis, a signup is answered once it is in Redis's signup buffer, and a worker
-# moves it into the database within SIGNUP_BUFFER_SECONDS (audience.intake). Off: each
-# signup is written to the database before it is answered (a third to half the rate).
-SIGNUP_BUFFER = env_bool("SIGNUP_BUFFER", True) and bool(REDIS_URL)
+# With a Redis that keeps its data, a signup is answered once it is in Redis's signup
+# buffer, and a worker moves it into the database within SIGNUP_BUFFER_SECONDS
+# (audience.buffer). "auto" buffers only while that Redis reports `appendonly yes` (asked
+# every SIGNUP_BUFFER_CHECK_SECONDS): a Redis that restarts without its data would lose
+# every signup waiting in it. "force" buffers whatever Redis reports (check --deploy
+# warns). Off, or auto without persistence: each signup is written before it is answered.
+_SIGNUP_BUFFER_MODES = {"auto": "auto", "on": "auto", "1": "auto", "true": "auto",
+                        "yes": "auto", "force": "force", "off": "", "0": "", "false": "",
+                        "no": "", "": ""}  # fmt: skip
+SIGNUP_BUFFER = (
+    _SIGNUP_BUFFER_MODES[env_choice("SIGNUP_BUFFER", list(_SIGNUP_BUFFER_MODES), "auto")]
+    if REDIS_URL
+    else ""
+)
+SIGNUP_BUFFER_CHECK_SECONDS = env_float("SIGNUP_BUFFER_CHECK_SECONDS", 30, minimum=0)
 SIGNUP_BUFFER_SECONDS = env_float("SIGNUP_BUFFER_SECONDS", 0.5, minimum=0)
 SIGNUP_MAX_BYTES = env_int("SIGNUP_MAX_BYTES", 16 * 1024, minimum=1024)
 # Behind a proxy, the header that carries the visitor's address (e.g. HTTP_X_REAL_IP),
