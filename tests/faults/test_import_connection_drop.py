@@ -50,48 +50,60 @@ def _terminate_the_import_s_backends() -> int:
 
 
 def test_an_import_whose_connection_drops_fails_clearly_and_a_rerun_is_exact(
-    transactional_db,
+    transactional_db, fault_report
 ):
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL's pg_terminate_backend (CI runs it on PostgreSQL)")
-    tmp = Path(tempfile.mkdtemp(prefix="stillhere-faults-"))
-    path = tmp / "contacts.csv"
-    _file(path)
-    db = Database(tmp)
-    proc = _command(db, path)
+    outcome = {"survived": 0, "lost": None, "duplicates": None}
     try:
-        started = wait(
-            lambda: (
-                ImportJob.objects.filter(status="running", rows_done__gt=0).exists()
-                or proc.poll() is not None
-            ),
-            timeout=120,
-        )
-        assert started and proc.poll() is None, "the import ended before it could be cut"
-        assert _terminate_the_import_s_backends() >= 1
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode != 0
-    assert "Traceback" not in err, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("CommandError: The import stopped on the database connection was")
-    job = ImportJob.objects.get()
-    assert job.status == "failed"
-    stored = Contact.objects.count()
-    assert 0 < stored < ROWS
-    # The error names the rows stored; with two writers one more chunk may be in.
-    assert f"after {job.rows_done:,} rows of the file were stored" in job.error
-    assert job.rows_done <= stored
-    assert job.error in last
+        tmp = Path(tempfile.mkdtemp(prefix="stillhere-faults-"))
+        path = tmp / "contacts.csv"
+        _file(path)
+        db = Database(tmp)
+        proc = _command(db, path)
+        try:
+            started = wait(
+                lambda: (
+                    ImportJob.objects.filter(status="running", rows_done__gt=0).exists()
+                    or proc.poll() is not None
+                ),
+                timeout=120,
+            )
+            assert started and proc.poll() is None, "the import ended before it could be cut"
+            assert _terminate_the_import_s_backends() >= 1
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode != 0
+        assert "Traceback" not in err, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("CommandError: The import stopped on the database connection was")
+        job = ImportJob.objects.get()
+        assert job.status == "failed"
+        stored = Contact.objects.count()
+        assert 0 < stored < ROWS
+        # The error names the rows stored; with two writers one more chunk may be in.
+        assert f"after {job.rows_done:,} rows of the file were stored" in job.error
+        assert job.rows_done <= stored
+        assert job.error in last
 
-    again = subprocess.run(
-        [sys.executable, "manage.py", "import_contacts", str(path)],
-        cwd=ROOT, env=worker_env(db.url), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert Contact.objects.count() == ROWS
-    assert Contact.objects.filter(email="p0@example.com").count() == 1
-    os.remove(path)
+        again = subprocess.run(
+            [sys.executable, "manage.py", "import_contacts", str(path)],
+            cwd=ROOT, env=worker_env(db.url), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        total = Contact.objects.count()
+        distinct = Contact.objects.values("email").distinct().count()
+        outcome = {"survived": 0, "lost": ROWS - distinct, "duplicates": total - distinct}
+        assert total == ROWS
+        assert Contact.objects.filter(email="p0@example.com").count() == 1
+        os.remove(path)
+        outcome["survived"] = 1
+    finally:
+        fault_report(
+            fault="database connection terminated mid-import",
+            cases=1,
+            **outcome,
+        )
