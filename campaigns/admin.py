@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -24,7 +26,14 @@ from campaigns.forms import (
 from campaigns.models import Campaign, OutboxMessage, Segment, SenderSettings
 from campaigns.starters import STARTERS
 
+logger = logging.getLogger(__name__)
+
 EDITABLE = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED}
+SEND_PERMISSION = "campaigns.send_campaign"
+NO_CONTACTS_NOTE = (
+    "Shown as a made-up sample contact: previewing or testing as a real contact needs "
+    "permission to view contacts."
+)
 # Merge fields the compose page lists; the sandboxed renderer defines what really exists.
 MERGE_FIELD_HELP = (
     'Markdown; raw HTML allowed. Merge fields: {{ first_name|default:"friend" }}, '
@@ -186,10 +195,36 @@ def _recipient_count(campaign: Campaign) -> int:
     return campaign_recipients(campaign).count()
 
 
-def _preview_contact(campaign: Campaign, wanted: str = "") -> tuple[Contact, str]:
-    """The contact to preview as: the one asked for, else the first recipient, else a sample."""
+def can_view_contacts(request: HttpRequest) -> bool:
+    """Whether the user may see contacts' data, and so preview or test as one: a message
+    shows the contact's details and carries their permanent unsubscribe and
+    preferences links."""
+    codename = get_permission_codename("view", Contact._meta)
+    return request.user.has_perm(f"{Contact._meta.app_label}.{codename}")
+
+
+def can_send(request: HttpRequest) -> bool:
+    """Whether the user may start, schedule or resume sending: a permission of its own,
+    since change_campaign is enough to write a draft."""
+    return request.user.has_perm(SEND_PERMISSION)
+
+
+def _sample_contact() -> Contact:
+    # Never saved: id 0 signs links that lead to nobody.
+    return Contact(id=0, email="ada@example.com", first_name="Ada", last_name="Lovelace")
+
+
+def _preview_contact(
+    campaign: Campaign, wanted: str = "", *, real: bool = True
+) -> tuple[Contact, str]:
+    """The contact to preview as: the one asked for, else the first recipient, else a sample.
+
+    Without `real` (the user may not view contacts) always the sample, whatever was
+    asked for, so the page cannot tell whether an address is known."""
     from campaigns.selectors import campaign_recipients
 
+    if not real:
+        return _sample_contact(), NO_CONTACTS_NOTE
     if wanted:
         contact = Contact.objects.filter(email=wanted.strip().lower()).first()
         if contact is not None:
@@ -201,8 +236,7 @@ def _preview_contact(campaign: Campaign, wanted: str = "") -> tuple[Contact, str
     if contact is not None:
         return contact, (note + "the first recipient.") if note else ""
     # Nobody to send to yet: a sample person, never saved, so the page still previews.
-    sample = Contact(id=0, email="ada@example.com", first_name="Ada", last_name="Lovelace")
-    return sample, note + "a sample contact (the audience is empty)."
+    return _sample_contact(), note + "a sample contact (the audience is empty)."
 
 
 def _render(campaign: Campaign, contact: Contact, sender: SenderSettings):
@@ -307,14 +341,16 @@ class CampaignAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def _campaign(self, request: HttpRequest, object_id: int, *, change: bool) -> Campaign:
+    def _campaign(
+        self, request: HttpRequest, object_id: int, *, change: bool, send: bool = False
+    ) -> Campaign:
         campaign = get_object_or_404(Campaign, pk=object_id)
         allowed = (
             self.has_change_permission(request, campaign)
             if change
             else self.has_view_permission(request, campaign)
         )
-        if not allowed:
+        if not allowed or (send and not can_send(request)):
             raise PermissionDenied
         return campaign
 
@@ -342,6 +378,8 @@ class CampaignAdmin(admin.ModelAdmin):
             context["test_form"] = TestSendForm()
             context["schedule_form"] = ScheduleForm()
             context["editable"] = obj.status in EDITABLE
+            context["may_send"] = can_send(request)
+            context["may_view_contacts"] = can_view_contacts(request)
             context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
             context["status_labels"] = dict(Campaign.Status.choices)
@@ -364,13 +402,14 @@ class CampaignAdmin(admin.ModelAdmin):
     def preview_view(self, request: HttpRequest, object_id: int) -> TemplateResponse:
         campaign = self._campaign(request, object_id, change=False)
         sender = SenderSettings.load()
-        contact, note = _preview_contact(campaign, request.GET.get("contact", ""))
+        real = can_view_contacts(request)
+        contact, note = _preview_contact(campaign, request.GET.get("contact", ""), real=real)
         context = self._context(request, campaign, f"Preview: {campaign}")
         try:
             context["message"] = _render(campaign, contact, sender)
         except ValidationError as exc:
             context["render_errors"] = exc.messages
-        context.update(contact=contact, note=note, sender=sender)
+        context.update(contact=contact, note=note, sender=sender, may_view_contacts=real)
         return TemplateResponse(request, "admin/campaigns/campaign/preview.html", context)
 
     def test_send_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
@@ -379,23 +418,29 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self._campaign(request, object_id, change=True)
         if request.method != "POST":
             return self._back(campaign)
-        form = TestSendForm(request.POST)
+        real = can_view_contacts(request)
+        form = TestSendForm(request.POST, real_contacts=real)
         if not form.is_valid():
             for errors in form.errors.values():
                 for error in errors:
                     self.message_user(request, f"Test not sent: {error}", messages.ERROR)
             return self._back(campaign)
+        # Without the right to view contacts every test is written for the sample: the
+        # typed "as contact" is not even looked up, and an address that happens to be a
+        # contact's does not get that contact's links.
+        as_contact = form.cleaned_data["as_contact"] if real else _sample_contact()
         try:
             sent = campaign_send_test(
-                campaign=campaign,
-                emails=form.cleaned_data["emails"],
-                as_contact=form.cleaned_data["as_contact"],
+                campaign=campaign, emails=form.cleaned_data["emails"], as_contact=as_contact
             )
         except ValidationError as exc:
             self.message_user(request, "Test not sent: " + " ".join(exc.messages), messages.ERROR)
         else:
             to = ", ".join(form.cleaned_data["emails"])
-            self.message_user(request, f"Sent {sent} test message(s) to {to}.", messages.SUCCESS)
+            note = "" if real else f" {NO_CONTACTS_NOTE}"
+            self.message_user(
+                request, f"Sent {sent} test message(s) to {to}.{note}", messages.SUCCESS
+            )
         return self._back(campaign)
 
     # --- Schedule, send, pause, resume, cancel ---
@@ -403,7 +448,7 @@ class CampaignAdmin(admin.ModelAdmin):
     def schedule_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         from campaigns.services import campaign_schedule
 
-        campaign = self._campaign(request, object_id, change=True)
+        campaign = self._campaign(request, object_id, change=False, send=True)
         if request.method != "POST":
             return self._back(campaign)
         form = ScheduleForm(request.POST)
@@ -411,20 +456,26 @@ class CampaignAdmin(admin.ModelAdmin):
             for error in form.errors.get("when", []):
                 self.message_user(request, f"Not scheduled: {error}", messages.ERROR)
             return self._back(campaign)
+        actor = request.user.get_username()
         try:
-            campaign_schedule(campaign=campaign, when=form.cleaned_data["when"])
+            campaign_schedule(campaign=campaign, when=form.cleaned_data["when"], actor=actor)
         except ValidationError as exc:
             self.message_user(request, "Not scheduled: " + " ".join(exc.messages), messages.ERROR)
         else:
             when = form.cleaned_data["when"]
+            logger.info("Campaign %s scheduled for %s by %s", campaign.pk, when, actor)
             self.message_user(request, f"Scheduled for {when:%Y-%m-%d %H:%M}.", messages.SUCCESS)
         return self._back(campaign)
 
     def confirm_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        """GET: what will go out, to how many, from whom. POST: send it."""
+        """GET: what will go out, to how many, from whom. POST: send it.
+
+        Anyone who may view the campaign sees the page; only those who may send get
+        the button, and only they can POST."""
         from campaigns.services import campaign_start
 
-        campaign = self._campaign(request, object_id, change=True)
+        may_send = can_send(request)
+        campaign = self._campaign(request, object_id, change=False, send=request.method == "POST")
         sender = SenderSettings.load()
         if request.method == "POST":
             try:
@@ -435,7 +486,7 @@ class CampaignAdmin(admin.ModelAdmin):
             self.message_user(request, f"Sending “{campaign}”.", messages.SUCCESS)
             return self._back(campaign)
 
-        contact, note = _preview_contact(campaign)
+        contact, note = _preview_contact(campaign, real=can_view_contacts(request))
         context = self._context(request, campaign, f"Send “{campaign}”?")
         try:
             context["message"] = _render(campaign, contact, sender)
@@ -449,13 +500,14 @@ class CampaignAdmin(admin.ModelAdmin):
             count=_recipient_count(campaign),
             problems=_sender_problems(sender),
             can_send=campaign.status in EDITABLE,
+            may_send=may_send,
             settings_url=f"{settings_url}?next={request.path}",
             change_url=reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
         )
         return TemplateResponse(request, "admin/campaigns/campaign/confirm_send.html", context)
 
-    def _transition(self, request, object_id, action, done: str) -> HttpResponse:
-        campaign = self._campaign(request, object_id, change=True)
+    def _transition(self, request, object_id, action, done: str, *, send=False) -> HttpResponse:
+        campaign = self._campaign(request, object_id, change=not send, send=send)
         try:
             action(campaign=campaign, actor=request.user.get_username())
         except ValidationError as exc:
@@ -478,7 +530,10 @@ class CampaignAdmin(admin.ModelAdmin):
     def resume_view(self, request, object_id):
         if request.method != "POST":
             return redirect("admin:campaigns_campaign_change", object_id)
-        return self._transition(request, object_id, self._services().campaign_resume, "Resumed.")
+        # Resuming sends the rest: the send permission, like starting.
+        return self._transition(
+            request, object_id, self._services().campaign_resume, "Resumed.", send=True
+        )
 
     def cancel_view(self, request, object_id):
         if request.method != "POST":
@@ -507,7 +562,8 @@ class CampaignAdmin(admin.ModelAdmin):
         """Pick a starter (and optionally a segment): a ready campaign, then confirm."""
         from campaigns.services import campaign_create_from_starter
 
-        if not self.has_add_permission(request):
+        # It writes a campaign and leads straight to sending it: both permissions.
+        if not (self.has_add_permission(request) and can_send(request)):
             raise PermissionDenied
         sender = SenderSettings.load()
         form = EmergencyForm(request.POST or None)

@@ -1,10 +1,12 @@
 """The campaign admin, driven like an owner would with Django's test client."""
 
 import json
+import re
 import time
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
@@ -473,3 +475,185 @@ def test_a_failed_campaign_is_sent_again_as_a_duplicate_draft(admin_client):
     assert copy.created_by == "admin"
     failed.refresh_from_db()
     assert failed.status == "failed"
+
+
+# --- what a role may see and do ------------------------------------------------------------
+
+
+def _staff(client, django_user_model, *codenames, username="clerk"):
+    user = django_user_model.objects.create_user(username, password="pw-123456", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return user
+
+
+def _page(response) -> str:
+    """The page without what differs between two renders of the same thing: the CSRF
+    token and the time stamp in signed links."""
+    page = response.content.decode()
+    page = re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', "", page)
+    return re.sub(r"(/[up]/[\w-]+):\w+:[\w-]+/", r"\1/", page)
+
+
+def _link_stem(url: str) -> str:
+    return url.rsplit(":", 2)[0]  # the signed payload, without time stamp and signature
+
+
+def test_preview_without_view_contact_shows_a_sample_and_never_tells_if_an_address_exists(
+    client, django_user_model, audience, sender
+):
+    from campaigns.rendering import contact_links
+
+    _staff(client, django_user_model, "view_campaign")
+    campaign = _campaign()
+    url = _url("preview", campaign.pk)
+    known = client.get(url, {"contact": "bob@example.com"})
+    unknown = client.get(url, {"contact": "nobody@example.com"})
+    plain = client.get(url)
+    assert known.status_code == unknown.status_code == plain.status_code == 200
+    assert _page(known) == _page(unknown) == _page(plain)
+    assert known.context["contact"].pk == 0
+    page = known.content.decode()
+    assert "Hello Ada" in page
+    assert "made-up sample contact" in page
+    assert 'id="preview-as"' not in page
+    for person in audience:
+        assert person.first_name not in page.replace("Ada Lovelace", "")
+        assert person.email not in page
+        for link in contact_links(person):
+            assert _link_stem(link) not in page
+
+
+def test_preview_with_view_contact_shows_the_chosen_contact(
+    client, django_user_model, audience, sender
+):
+    _staff(client, django_user_model, "view_campaign", "view_contact")
+    response = client.get(_url("preview", _campaign().pk), {"contact": "bob@example.com"})
+    assert response.context["contact"].email == "bob@example.com"
+    assert "Hello Bob" in response.content.decode()
+
+
+def test_confirmation_page_without_view_contact_previews_a_sample(
+    client, django_user_model, audience, sender
+):
+    _staff(client, django_user_model, "view_campaign", "send_campaign")
+    response = client.get(_url("send", _campaign().pk))
+    assert response.context["contact"].pk == 0
+    assert "Hello Ann" not in response.content.decode()
+    assert "Send now to 3 people" in response.content.decode()
+
+
+def test_test_send_as_a_contact_without_view_contact_uses_the_sample_whatever_was_typed(
+    client, django_user_model, audience, sender, mailoutbox
+):
+    from campaigns.rendering import contact_links
+
+    _staff(client, django_user_model, "view_campaign", "change_campaign")
+    campaign = _campaign()
+    page = client.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+    assert 'name="as_contact"' not in page.content.decode()
+    answers = []
+    for as_contact in ("cat@example.com", "nobody@example.com"):
+        response = client.post(
+            _url("test_send", campaign.pk),
+            {"emails": "me@corner.example, bob@example.com", "as_contact": as_contact},
+            follow=True,
+        )
+        answers.append([str(m) for m in response.context["messages"]])
+    assert answers[0] == answers[1]
+    assert "Sent 2 test message(s)" in answers[0][0]
+    assert len(mailoutbox) == 4
+    for message in mailoutbox:
+        assert "Ada" in message.subject
+        html = message.alternatives[0][0]
+        for person in audience:  # Bob's own address gets the sample too, not his links
+            assert person.first_name not in message.subject
+            for link in contact_links(person):
+                assert _link_stem(link) not in message.body
+                assert _link_stem(link) not in html
+
+
+def test_test_send_with_view_contact_still_refuses_an_unknown_contact(
+    client, django_user_model, audience, sender, mailoutbox
+):
+    _staff(client, django_user_model, "view_campaign", "change_campaign", "view_contact")
+    response = client.post(
+        _url("test_send", _campaign().pk),
+        {"emails": "me@corner.example", "as_contact": "nobody@example.com"},
+        follow=True,
+    )
+    assert "There is no contact nobody@example.com" in response.content.decode()
+    assert mailoutbox == []
+
+
+def test_editing_a_campaign_does_not_allow_sending_it(
+    client, django_user_model, audience, sender, django_capture_on_commit_callbacks
+):
+    _staff(client, django_user_model, "view_campaign", "change_campaign", "add_campaign")
+    campaign = _campaign()
+    page = client.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+    html = page.content.decode()
+    assert 'id="send-link"' not in html
+    assert 'id="schedule-form"' not in html
+    assert 'id="no-send-permission"' in html
+
+    confirm = client.get(_url("send", campaign.pk))
+    assert confirm.status_code == 200
+    assert 'id="send-form"' not in confirm.content.decode()
+    assert 'id="no-send-permission"' in confirm.content.decode()
+
+    when = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(_url("send", campaign.pk)).status_code == 403
+        assert client.post(_url("schedule", campaign.pk), {"when": when}).status_code == 403
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.DRAFT
+    assert campaign.scheduled_at is None
+    assert not Delivery.objects.exists()
+
+    paused = _campaign(name="Paused", status=Campaign.Status.PAUSED)
+    page = client.get(reverse("admin:campaigns_campaign_change", args=[paused.pk]))
+    assert 'id="resume-button"' not in page.content.decode()
+    assert 'id="cancel-button"' in page.content.decode()  # stopping needs no more
+    assert client.post(_url("resume", paused.pk)).status_code == 403
+    paused.refresh_from_db()
+    assert paused.status == Campaign.Status.PAUSED
+
+    assert "Send an emergency update" not in client.get(reverse("admin:index")).content.decode()
+    assert client.get(_url("emergency")).status_code == 403
+    assert client.post(_url("emergency"), {"starter": "still-here"}).status_code == 403
+    assert Campaign.objects.count() == 2
+
+
+def test_the_send_permission_starts_schedules_and_resumes(
+    client, django_user_model, audience, sender, django_capture_on_commit_callbacks
+):
+    # An approver: may look at campaigns and send them, not edit them.
+    _staff(client, django_user_model, "view_campaign", "send_campaign")
+    campaign = _campaign()
+    when = (timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    client.post(_url("schedule", campaign.pk), {"when": when})
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SCHEDULED
+
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(_url("send", campaign.pk))
+    assert response.status_code == 302
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING
+    assert Delivery.objects.filter(campaign=campaign).count() == 3
+
+    paused = _campaign(name="Paused", status=Campaign.Status.PAUSED)
+    with django_capture_on_commit_callbacks(execute=False):
+        client.post(_url("resume", paused.pk))
+    paused.refresh_from_db()
+    assert paused.status != Campaign.Status.PAUSED
+
+
+def test_the_emergency_entry_needs_both_adding_and_sending(client, django_user_model, sender):
+    _staff(client, django_user_model, "view_campaign", "add_campaign", "send_campaign")
+    page = client.get(reverse("admin:index")).content.decode()
+    assert "Send an emergency update" in page
+    response = client.post(_url("emergency"), {"starter": "still-here"})
+    assert response.status_code == 302
+    assert Campaign.objects.get().is_emergency

@@ -1,4 +1,5 @@
-"""Send an emergency update from the shell: `manage.py blast --template still-here --yes`.
+"""Send an emergency update from the shell:
+`manage.py blast --as owner --template still-here --yes`.
 
 For the operator who cannot (or would rather not) open the admin during an outage. It
 makes the same campaign the admin's emergency page makes, and starts it the same way.
@@ -13,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
+from campaigns.management.commands._acting import acting_user, add_as_argument
 from campaigns.models import Segment, SenderSettings
 from campaigns.segments import audience_contacts
 from campaigns.starters import STARTERS
@@ -24,6 +26,7 @@ class Command(BaseCommand):
     stealth_options = ("stdin",)
 
     def add_arguments(self, parser):
+        add_as_argument(parser)
         parser.add_argument(
             "--template", required=True, choices=list(STARTERS), help="Which starter to send."
         )
@@ -37,6 +40,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         from campaigns.services import campaign_create_from_starter, campaign_start, sender_problems
 
+        # Who sends is settled first: nothing is counted, asked or made for someone who
+        # may not send.
+        actor = acting_user(options["acting_user"]).get_username()
         starter = STARTERS[options["template"]]
         segment = None
         if options["segment"]:
@@ -73,11 +79,9 @@ class Command(BaseCommand):
                 self.stdout.write("Nothing sent.")
                 return
 
-        campaign = campaign_create_from_starter(
-            starter=starter, segment=segment, actor="manage.py blast"
-        )
+        campaign = campaign_create_from_starter(starter=starter, segment=segment, actor=actor)
         try:
-            campaign_start(campaign=campaign, actor="manage.py blast")
+            campaign_start(campaign=campaign, actor=f"{actor} (manage.py blast)")
         except ValidationError as exc:
             raise CommandError("Not sent: " + " ".join(exc.messages)) from exc
         url = settings.SITE_URL + reverse("admin:campaigns_campaign_change", args=[campaign.pk])
