@@ -417,10 +417,11 @@ def test_test_send_goes_only_to_the_given_addresses(sender, settings, mailoutbox
     assert not Delivery.objects.exists()
 
 
-def test_send_campaign_command_starts_the_campaign(sender, capsys):
+def test_send_campaign_command_starts_the_campaign(sender, capsys, django_user_model):
+    django_user_model.objects.create_superuser("owner", "owner@shop.example", "pw")
     ContactFactory()
     campaign = _campaign()
-    call_command("send_campaign", str(campaign.pk))
+    call_command("send_campaign", str(campaign.pk), "--as", "owner")
     assert _status(campaign) == Campaign.Status.SENDING
     assert "1 recipients" in capsys.readouterr().out
 
