@@ -9,8 +9,12 @@ would against the real thing. It records what it received and can be told to fai
 Control (JSON over HTTP, or call the methods on `server.state` in-process):
 
     POST /_control {"fail_next": 2, "status": 503}   next 2 sends answer 503
+    POST /_control {"fail_next": 1, "status": 429, "retry_after": 2}   … with Retry-After
     POST /_control {"fail_always": 500}              every send fails until reset
+                   {"fail_always": 401, "message": "Invalid private key"}   (its body)
     POST /_control {"timeout_next": 1, "seconds": 3} next send stalls before answering
+    POST /_control {"deliver_late_next": 1, "seconds": 3}   next send is delivered, and
+                                                     answered only that late
     POST /_control {"reject": ["bad@example.com"]}   these recipients are refused (400)
     POST /_control {"reset": true}                   forget failures and recordings
     GET  /_stats                                     {"requests": …, "recipients": …}
@@ -57,6 +61,12 @@ class State:
             self.timeout_seconds = 0.0
             self.reject: set[str] = set()
             self.failures_served = 0
+            self.retry_after: str | None = None
+            self.fail_message = ""
+            self.deliver_late_next = 0
+            self.deliver_late_seconds = 0.0
+            # (time.time() it arrived, status answered) for every send request.
+            self.log: list[tuple[float, int]] = []
 
     def control(self, command: dict) -> None:
         if command.get("reset"):
@@ -65,8 +75,15 @@ class State:
             if "fail_next" in command:
                 self.fail_next = int(command["fail_next"])
                 self.fail_status = int(command.get("status", 503))
+            if "fail_next" in command or "fail_always" in command:
+                retry_after = command.get("retry_after")
+                self.retry_after = None if retry_after is None else str(retry_after)
+                self.fail_message = str(command.get("message", ""))
             if "fail_always" in command:
                 self.fail_always = int(command["fail_always"])
+            if "deliver_late_next" in command:
+                self.deliver_late_next = int(command["deliver_late_next"])
+                self.deliver_late_seconds = float(command.get("seconds", 5))
             if "timeout_next" in command:
                 self.timeout_next = int(command["timeout_next"])
                 self.timeout_seconds = float(command.get("seconds", 5))
@@ -88,6 +105,18 @@ class State:
                 self.failures_served += 1
                 return self.fail_status, stall
             return 0, stall
+
+    def take_late_delivery(self) -> float:
+        """Seconds to stall after delivering the request now arriving (0: answer at once)."""
+        with self.lock:
+            if self.deliver_late_next > 0:
+                self.deliver_late_next -= 1
+                return self.deliver_late_seconds
+            return 0.0
+
+    def logged(self, status: int) -> None:
+        with self.lock:
+            self.log.append((time.time(), status))
 
     def accept(self, api: str, fields: dict, to: list[str]) -> None:
         with self.lock:
@@ -161,9 +190,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
 
-    def _reply(self, status: int, payload) -> None:
+    def _reply(self, status: int, payload, headers: dict | None = None) -> None:
+        late, self._late = getattr(self, "_late", 0.0), 0.0
+        if late:
+            time.sleep(late)
         body = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -198,8 +232,18 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(stall)
             status = status or 504
         if status:
-            self._reply(status, {"message": f"Injected failure {status}"})
+            self.state.logged(status)
+            with self.state.lock:
+                retry_after, message = self.state.retry_after, self.state.fail_message
+            headers = {"Retry-After": retry_after} if retry_after is not None else {}
+            self._reply(status, {"message": message or f"Injected failure {status}"}, headers)
             return
+        self.state.logged(200)
+        late = self.state.take_late_delivery()
+        if late:
+            # Delivered, but the answer comes after the client gave up: the send it
+            # retries is a real duplicate.
+            self._late = late
         match = re.fullmatch(r"/v3/([^/]+)/messages", self.path)
         if match:
             self._mailgun(match.group(1), body)

@@ -121,9 +121,29 @@ class Campaign(models.Model):
     sent_count = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
     duplicate_count = models.PositiveIntegerField(
-        default=0, help_text="Messages re-sent after a worker crash (at most one chunk each)."
+        default=0,
+        help_text="Messages possibly sent twice: re-sent after a worker crash (at most its "
+        "chunk) or after a send whose answer never came.",
     )
+    # Chunk failures since the last message that got through, and since when: the
+    # campaign pauses only when the provider has kept failing for a while, not on a burst
+    # that several workers saw at the same instant.
     consecutive_failed_chunks = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+
+    class PauseKind(models.TextChoices):
+        OWNER = "owner", "By a person"
+        PROVIDER = "provider", "The provider kept failing (resumes by itself)"
+        SETUP = "setup", "The provider refused the account or the request"
+
+    # Only a pause the provider caused resumes by itself, at auto_resume_at; a person's
+    # pause, or one that needs a person (bad credentials), waits for Resume.
+    pause_kind = models.CharField(max_length=8, choices=PauseKind.choices, blank=True)
+    auto_resume_at = models.DateTimeField(null=True, blank=True)
+    auto_resume_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Automatic resumes since a message last got through."
+    )
+    provider_pause_count = models.PositiveIntegerField(default=0)
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -6,6 +6,11 @@ one may go out; it sleeps that long, never retries. Reservations never collide, 
 limit holds however many workers there are. With REDIS_URL the state lives in Redis
 (one atomic Lua call); on the quickstart it lives in a file under VAR_DIR, guarded by
 an exclusive file lock, which covers every process on the one machine.
+
+A provider that says "slow down" (429, Retry-After, a burst of 5xx) is answered with a
+hold: no worker sends anything until it has passed, and the reservations made meanwhile
+queue up behind it. That slows the whole campaign at once, where each worker backing
+off alone would let the others keep hammering the provider.
 """
 
 from __future__ import annotations
@@ -22,15 +27,25 @@ from django.conf import settings
 SECOND_BURST = 1.0
 HOUR_BURST = 60.0
 
+# Seconds a process trusts what it last read of the hold when no rate limit is set (then
+# nothing else asks Redis before a send): a hold set elsewhere is seen this late at most.
+HOLD_CHECK_SECONDS = 0.25
+HOLD_KEY = "stillhere:rate:hold"
+
+# KEYS[1] is the hold (a time before which nothing may go), the others the limits.
 _LUA = """
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local wait = 0
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[1 + 2 * i])
-  local burst = tonumber(ARGV[2 + 2 * i])
+local from = now
+local hold = tonumber(redis.call('GET', KEYS[1]) or '0')
+if hold > from then from = hold end
+local wait = from - now
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
+  if tat < from then tat = from end
   local start = tat - burst
   if start - now > wait then wait = start - now end
   local new_tat = tat + n * interval
@@ -38,6 +53,19 @@ for i, key in ipairs(KEYS) do
 end
 return tostring(wait)
 """
+
+_HOLD_LUA = """
+local until_ = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > current then
+  redis.call('SET', KEYS[1], tostring(until_), 'PX', math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+  return tostring(until_)
+end
+return tostring(current)
+"""
+
+# What this process last knew of the hold: (hold until, when it looked).
+_seen_hold = {"until": 0.0, "checked": float("-inf")}
 
 
 def _limits(per_second: int, per_hour: int) -> list[tuple[str, float, float]]:
@@ -50,15 +78,19 @@ def _limits(per_second: int, per_hour: int) -> list[tuple[str, float, float]]:
 
 
 @cache
-def _redis_script(url: str):
+def _redis_client(url: str):
     import redis
 
-    client = redis.Redis.from_url(url)
-    return client.register_script(_LUA)
+    return redis.Redis.from_url(url)
+
+
+@cache
+def _redis_script(url: str, source: str = _LUA):
+    return _redis_client(url).register_script(source)
 
 
 def _reserve_redis(limits, n: int, now: float) -> float:
-    keys = [f"stillhere:rate:{name}" for name, _, _ in limits]
+    keys = [HOLD_KEY] + [f"stillhere:rate:{name}" for name, _, _ in limits]
     args = [now, n]
     for _, interval, burst in limits:
         args += [interval, burst]
@@ -77,9 +109,10 @@ def _reserve_file(limits, n: int, now: float) -> float:
                 state = json.loads(handle.read() or "{}")
             except ValueError:
                 state = {}
-            wait = 0.0
+            start = max(float(state.get("hold", 0.0)), now)
+            wait = start - now
             for name, interval, burst in limits:
-                tat = max(float(state.get(name, 0.0)), now)
+                tat = max(float(state.get(name, 0.0)), start)
                 wait = max(wait, tat - burst - now)
                 state[name] = tat + n * interval
             handle.seek(0)
@@ -91,31 +124,85 @@ def _reserve_file(limits, n: int, now: float) -> float:
     return wait
 
 
+def _file_state() -> dict:
+    path = settings.VAR_DIR / "send-rate.json"
+    try:
+        with open(path) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            return json.loads(handle.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _hold_wait(now: float) -> float:
+    """Seconds left of the hold, from a reading at most HOLD_CHECK_SECONDS old."""
+    if now - _seen_hold["checked"] >= HOLD_CHECK_SECONDS:
+        if getattr(settings, "REDIS_URL", ""):
+            until = float(_redis_client(settings.REDIS_URL).get(HOLD_KEY) or 0.0)
+        else:
+            until = float(_file_state().get("hold", 0.0))
+        _seen_hold.update(until=until, checked=now)
+    return max(0.0, _seen_hold["until"] - now)
+
+
 def reserve(n: int, *, per_second: int, per_hour: int) -> float:
     """Reserve `n` sends; return the seconds to wait before sending them."""
-    limits = _limits(per_second, per_hour)
-    if not limits or n <= 0:
+    if n <= 0:
         return 0.0
+    limits = _limits(per_second, per_hour)
     now = time.time()
+    if not limits:
+        return _hold_wait(now)
     if getattr(settings, "REDIS_URL", ""):
         return _reserve_redis(limits, n, now)
     return _reserve_file(limits, n, now)
 
 
-def throttle(n: int, *, per_second: int, per_hour: int) -> None:
-    """Block until `n` more messages may be sent."""
+def throttle(n: int, *, per_second: int, per_hour: int) -> float:
+    """Block until `n` more messages may be sent; return the seconds waited."""
     wait = reserve(n, per_second=per_second, per_hour=per_hour)
     if wait > 0:
         time.sleep(wait)
+    return max(wait, 0.0)
+
+
+def hold(seconds: float) -> float:
+    """Let no worker send anything for `seconds` from now (a later hold already set
+    stands). Returns the time (as time.time()) until which sending is held."""
+    now = time.time()
+    seconds = max(seconds, 0.0)
+    until = now + seconds
+    if getattr(settings, "REDIS_URL", ""):
+        script = _redis_script(settings.REDIS_URL, _HOLD_LUA)
+        until = float(script(keys=[HOLD_KEY], args=[until, seconds]))
+    else:
+        with open(settings.VAR_DIR / "send-rate.json", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                handle.seek(0)
+                try:
+                    state = json.loads(handle.read() or "{}")
+                except ValueError:
+                    state = {}
+                until = max(float(state.get("hold", 0.0)), until)
+                state["hold"] = until
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(state))
+                handle.flush()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    # This process sees its own hold at once.
+    _seen_hold.update(until=until, checked=now)
+    return until
 
 
 def reset() -> None:
-    """Forget all reservations (tests, or after changing the limits)."""
+    """Forget all reservations and any hold (tests, or after changing the limits)."""
+    _seen_hold.update(until=0.0, checked=float("-inf"))
     if getattr(settings, "REDIS_URL", ""):
-        import redis
-
-        redis.Redis.from_url(settings.REDIS_URL).delete(
-            "stillhere:rate:second", "stillhere:rate:hour"
+        _redis_client(settings.REDIS_URL).delete(
+            "stillhere:rate:second", "stillhere:rate:hour", HOLD_KEY
         )
     else:
         (settings.VAR_DIR / "send-rate.json").unlink(missing_ok=True)

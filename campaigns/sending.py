@@ -7,8 +7,17 @@ provider connection, and marks each row sent or failed. Counters move with F().
 
 Failure, in brief:
 - the provider says 429 / 5xx, times out or is unreachable: what was sent stays sent,
-  the rest of the claim is released back to `queued`, and the task retries with
-  backoff (TransientSendError); N such chunk failures in a row pause the campaign;
+  the rest of the claim is released back to `queued`, every worker holds off for the
+  provider's Retry-After or a growing backoff (campaigns.ratelimit.hold), and the task
+  retries (TransientSendError). Only when the provider has kept failing for
+  CAMPAIGN_FAILURE_WINDOW with nothing getting through does the campaign pause, and
+  such a pause resumes by itself after a growing, capped backoff;
+- a send whose answer never came (a read timeout, a dropped connection) may have been
+  delivered: its rows stay queued, marked, and what is sent to them again is counted
+  as possible duplicates;
+- the provider refuses the account or the request (401/403/404, or the same refusal
+  for every recipient of the chunk, naming none of them): nobody is marked failed, the
+  campaign pauses with the provider's reason and waits for a person (`setup`);
 - the provider rejects a recipient: that row is `failed` with the provider's reason;
 - the worker dies: its chunk stays `claimed` until the sweeper re-queues it
   (`requeued`: what it sends again counts as possible duplicates, at most the chunk).
@@ -26,18 +35,21 @@ import smtplib
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
+import requests
 from anymail.exceptions import AnymailError
 from anymail.message import AnymailMessage
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import OperationalError, transaction
 from django.db import connection as db_connection
-from django.db.models import F
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from audience.emails import is_transient
+from audience.emails import is_refusal, is_setup_problem, is_transient
 from audience.models import Contact
 from campaigns import ratelimit
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
@@ -55,8 +67,29 @@ ChunkStatus = DeliveryChunk.Status
 SENDING = Campaign.Status.SENDING
 
 
+PauseKind = Campaign.PauseKind
+
+# A row that stays queued after a send that got no answer carries this in its error: what
+# is sent to it again is counted as a possible duplicate.
+UNANSWERED = "No answer from the provider; a message sent again may be a duplicate: "
+# The same refusal, naming no recipient, for every recipient of a chunk or for this many
+# in a row, is about the request or the account, not about them. (Not 3: Mailgun's answer
+# to a bad address does not always name it, and a few bad ones can sit side by side.)
+SAME_REFUSAL_LIMIT = 20
+# Retry-After beyond this is taken as this (a provider's clock gone wrong).
+RETRY_AFTER_MAX = 3600.0
+
+
 class TransientSendError(Exception):
-    """The provider could not take the chunk right now; retry it later."""
+    """The provider could not take the chunk right now; retry it later.
+
+    `retry_after`: what the provider asked for (seconds), if it did; `progressed`: some
+    of the chunk went out before the trouble."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, progressed=False):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.progressed = progressed
 
 
 # --- provider capabilities ----------------------------------------------------------
@@ -85,6 +118,43 @@ def _reason(exc: BaseException) -> str:
     return text[:1000]
 
 
+def _retry_after(exc: BaseException) -> float | None:
+    """The provider's Retry-After (RFC 9110 §10.2.3: seconds or an HTTP date), if any."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """The request may have reached the provider, but its answer never came: it may
+    have been delivered. (A refused or timed-out connection sent nothing.)"""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.exceptions.Timeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        text = f"{exc} {cause}"
+        return not any(word in text for word in ("refused", "NewConnectionError", "resolve"))
+    return isinstance(exc, TimeoutError | smtplib.SMTPServerDisconnected)
+
+
+def _names_recipient(exc: BaseException, email: str) -> bool:
+    return email.lower() in str(exc).lower()
+
+
 # --- one chunk ---------------------------------------------------------------------------
 
 
@@ -96,7 +166,19 @@ class ChunkResult:
     skipped: list = field(default_factory=list)  # delivery ids
     duplicates: int = 0
     transient: str = ""
+    retry_after: float | None = None
+    # Delivery ids whose send got no answer (they stay queued, marked UNANSWERED).
+    unanswered: list = field(default_factory=list)
+    # The provider refused the account or the request: pause, mark nobody failed.
+    halt: str = ""
     stopped: bool = False
+
+    def provider_trouble(self, exc: BaseException, pks) -> None:
+        """Note a transient failure of the send that carried the rows `pks`."""
+        self.transient = _reason(exc)
+        self.retry_after = _retry_after(exc)
+        if _unanswered(exc):
+            self.unanswered.extend(pks)
 
 
 class _Recipient:
@@ -175,14 +257,18 @@ def _queued_rows(campaign_id: int, number: int, requeued: bool) -> list:
     contact = Contact._meta.db_table
     with db_connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT d.id, c.id, c.email, c.first_name, c.last_name, c.phone,
+            f"""SELECT d.id, d.error, c.id, c.email, c.first_name, c.last_name, c.phone,
                        CAST(c.attributes AS TEXT), c.status
                 FROM {delivery} d JOIN {contact} c ON c.id = d.contact_id
                 WHERE d.campaign_id = %s AND d.chunk = %s AND d.status = %s
                 ORDER BY d.id""",  # noqa: S608 (table names from the models)
             [campaign_id, number, Status.QUEUED],
         )
-        return [(row[0], requeued, _Recipient(*row[1:])) for row in cursor.fetchall()]
+        # A row whose earlier send got no answer may have been delivered already.
+        return [
+            (row[0], requeued or row[1].startswith(UNANSWERED), _Recipient(*row[2:]))
+            for row in cursor.fetchall()
+        ]
 
 
 class _Guard:
@@ -245,22 +331,53 @@ def _message_id(message) -> str:
 
 def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) -> list:
     """Send one by one; return the rows not attempted (stopped or provider trouble)."""
+    # Refusals in a row that name no recipient and read the same: (index, pk, reason).
+    # Once one send goes through they were about their recipients; if every recipient of
+    # the chunk gets one, the request or the account is wrong, and nobody is to blame.
+    alike: list = []
+
+    def settle() -> None:
+        result.failed.extend((pk, reason) for _, pk, reason in alike)
+        alike.clear()
+
     for index, (pk, requeued, contact) in enumerate(rows):
         if not guard.ok():
+            settle()
             result.stopped = True
             return rows[index:]
-        ratelimit.throttle(1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour)
+        waited = ratelimit.throttle(
+            1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+        )
+        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
+            settle()
+            result.stopped = True
+            return rows[index:]
         message = _build_message(skeleton, contact, sender, guard.campaign_id)
         try:
             conn.send_messages([message])
         except Exception as exc:
             if is_transient(exc):
-                result.transient = _reason(exc)
+                settle()
+                result.provider_trouble(exc, [pk])
                 return rows[index:]
             if not isinstance(exc, AnymailError | smtplib.SMTPException):
                 raise
-            result.failed.append((pk, _reason(exc)))
+            if is_setup_problem(exc):
+                result.halt = _reason(exc)
+                return rows[alike[0][0] if alike else index :]
+            reason = _reason(exc)
+            if is_refusal(exc) or _names_recipient(exc, contact.email):
+                settle()
+                result.failed.append((pk, reason))
+                continue
+            if alike and alike[-1][2] != reason:
+                settle()
+            alike.append((index, pk, reason))
+            if len(alike) >= SAME_REFUSAL_LIMIT:
+                result.halt = reason
+                return rows[alike[0][0] :]
             continue
+        settle()
         status = getattr(message, "anymail_status", None)
         recipient = status.recipients.get(contact.email) if status else None
         if recipient is not None and recipient.status in {"rejected", "invalid"}:
@@ -268,6 +385,10 @@ def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) 
             continue
         result.sent.append((pk, _message_id(message)))
         result.duplicates += bool(requeued)
+    if len(alike) == len(rows) >= 2:
+        result.halt = alike[0][2]
+        return rows
+    settle()
     return []
 
 
@@ -290,9 +411,12 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
             result.stopped = True
             return rows[start:]
         batch = rows[start : start + size]
-        ratelimit.throttle(
+        waited = ratelimit.throttle(
             len(batch), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
         )
+        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
+            result.stopped = True
+            return rows[start:]
         merge_data = {}
         merge_headers = {}
         for _pk, _requeued, contact in batch:
@@ -317,10 +441,13 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
             conn.send_messages([message])
         except Exception as exc:
             if is_transient(exc):
-                result.transient = _reason(exc)
+                result.provider_trouble(exc, [pk for pk, _, _ in batch])
                 return rows[start:]
             if not isinstance(exc, AnymailError):
                 raise
+            if is_setup_problem(exc):
+                result.halt = _reason(exc)
+                return rows[start:]
             # One bad address fails a whole Mailgun batch with a 400: send this batch
             # one by one, so only the recipient the provider refuses is marked failed.
             logger.info("Batch refused (%s); sending it message by message", _reason(exc))
@@ -387,6 +514,11 @@ def _mark(campaign_id: int, chunk: int, result: ChunkResult) -> _Marked:
             marked.sent = _mark_sent_many(campaign_id, chunk, result.sent, now)
     for pk, reason in result.failed:
         marked.failed += queued.filter(pk=pk).update(status=Status.FAILED, error=reason)
+    if result.unanswered:
+        # They stay queued for the retry; the mark makes it count what it sends them.
+        queued.filter(pk__in=result.unanswered).update(
+            error=(UNANSWERED + (result.transient or "timed out"))[:1000]
+        )
     return marked
 
 
@@ -465,11 +597,14 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         except Exception as exc:
             # Open failed or something unexpected: record what went out, give the rest back.
             unsent = [None]
-            if not is_transient(exc):
+            if is_setup_problem(exc):  # no credentials, a sender the provider refuses
+                result.halt = _reason(exc)
+            elif not is_transient(exc):
                 _count(campaign_id, result, _mark(campaign_id, chunk, result), failed_chunk=False)
                 _release(claimed, token, done=False)
                 raise
-            result.transient = _reason(exc)
+            else:
+                result.provider_trouble(exc, [])
         finally:
             try:
                 conn.close()
@@ -486,8 +621,20 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         _release(claimed, token, done=not unsent)
 
     _patiently(record)
+    if result.halt:
+        provider_pause(
+            campaign_id=campaign_id,
+            kind=PauseKind.SETUP,
+            why="the provider refused the account or the request, so nobody was marked "
+            "failed. Fix the provider settings (EMAIL_API_KEY, the sending domain) or the "
+            "campaign, then press Resume",
+            said=result.halt,
+        )
+        return result
     if result.transient:
-        raise TransientSendError(result.transient)
+        raise TransientSendError(
+            result.transient, retry_after=result.retry_after, progressed=bool(result.sent)
+        )
     if not unsent:
         campaign_finish_if_done(campaign_id=campaign_id)
     return result
@@ -509,32 +656,113 @@ def _count(campaign_id: int, result: ChunkResult, marked: _Marked, *, failed_chu
     updates = {
         "sent_count": F("sent_count") + marked.sent,
         "failed_count": F("failed_count") + marked.failed,
-        "duplicate_count": F("duplicate_count") + (marked.sent if result.duplicates else 0),
+        "duplicate_count": F("duplicate_count") + min(result.duplicates, marked.sent),
         "updated_at": timezone.now(),
     }
-    if not failed_chunk and (marked.sent or marked.failed):
+    if marked.sent or (marked.failed and not failed_chunk):
+        # The provider takes mail again: the failure window and the automatic resumes
+        # start over.
         updates["consecutive_failed_chunks"] = 0
+        updates["failing_since"] = None
+        updates["auto_resume_attempts"] = 0
     # Skipped contacts leave the total: the bar counts who is actually mailed.
     if marked.skipped:
         updates["total_count"] = F("total_count") - marked.skipped
     Campaign.objects.filter(pk=campaign_id).update(**updates)
 
 
-def chunk_failed(*, campaign_id: int, reason: str, exhausted: bool = False) -> bool:
-    """Count a failed chunk; pause the campaign after N in a row. True if paused."""
-    Campaign.objects.filter(pk=campaign_id).update(
-        consecutive_failed_chunks=F("consecutive_failed_chunks") + 1
+@dataclass
+class ChunkFailure:
+    paused: bool
+    wait: float  # seconds the chunk's retry should wait at least
+
+
+def chunk_failed(
+    *, campaign_id: int, reason: str, retry_after: float | None = None, exhausted: bool = False
+) -> ChunkFailure:
+    """Count a chunk the provider turned away and hold every worker off (Retry-After, or
+    a backoff growing with the failures); pause the campaign only once the provider has
+    failed CAMPAIGN_MAX_FAILED_CHUNKS times over at least CAMPAIGN_FAILURE_WINDOW with
+    nothing getting through, or this chunk has run out of retries."""
+    now = timezone.now()
+    campaign = Campaign.objects.filter(pk=campaign_id)
+    campaign.update(
+        consecutive_failed_chunks=F("consecutive_failed_chunks") + 1,
+        failing_since=Coalesce(F("failing_since"), Value(now), output_field=DateTimeField()),
     )
-    limit = settings.CAMPAIGN_MAX_FAILED_CHUNKS
-    paused = Campaign.objects.filter(pk=campaign_id, status=SENDING)
-    if not exhausted:
-        paused = paused.filter(consecutive_failed_chunks__gte=limit)
-    why = (
-        f"Paused after {limit} failed chunks in a row; the provider said: {reason}"
-        if not exhausted
-        else f"Paused: a chunk kept failing after every retry; the provider said: {reason}"
-    )
-    return bool(paused.update(status=Campaign.Status.PAUSED, status_reason=why[:2000]))
+    row = campaign.values_list("consecutive_failed_chunks", "failing_since").first()
+    if row is None:
+        return ChunkFailure(paused=False, wait=0.0)
+    failures, since = row
+    wait = retry_after if retry_after is not None else backoff_seconds(failures - 1)
+    # Longer than a quarter of the claim timeout, a chunk in flight sleeping through the
+    # hold would look dead to the sweeper; the failed chunk's own retry waits it all.
+    ratelimit.hold(min(wait, settings.CAMPAIGN_CLAIM_TIMEOUT / 4))
+    failing_for = (now - since).total_seconds() if since else 0.0
+    if exhausted:
+        why = f"a chunk failed {settings.CAMPAIGN_MAX_RETRIES + 1} times in a row"
+    elif (
+        failures >= settings.CAMPAIGN_MAX_FAILED_CHUNKS
+        and failing_for >= settings.CAMPAIGN_FAILURE_WINDOW
+    ):
+        why = (
+            f"the provider turned {failures} chunks away over {failing_for:.0f} s "
+            "with no message getting through"
+        )
+    else:
+        return ChunkFailure(paused=False, wait=wait)
+    paused = provider_pause(campaign_id=campaign_id, kind=PauseKind.PROVIDER, why=why, said=reason)
+    return ChunkFailure(paused=paused, wait=wait)
+
+
+def auto_resume_seconds(attempts: int) -> float:
+    base = settings.CAMPAIGN_AUTO_RESUME_BACKOFF
+    return min(base * (2**attempts), settings.CAMPAIGN_AUTO_RESUME_BACKOFF_MAX)
+
+
+def provider_pause(*, campaign_id: int, kind: str, why: str, said: str) -> bool:
+    """Pause a sending campaign because of the provider, saying why and what happens
+    next. A `provider` pause is given a time to resume by itself (a growing, capped
+    backoff, at most CAMPAIGN_AUTO_RESUME_MAX times without a message getting through);
+    a `setup` pause waits for a person. True if this call paused it."""
+    from campaigns.tasks import resume_due_campaigns
+
+    now = timezone.now()
+    limit = settings.CAMPAIGN_AUTO_RESUME_MAX
+    with transaction.atomic():
+        sending = Campaign.objects.select_for_update().filter(pk=campaign_id, status=SENDING)
+        attempts = sending.values_list("auto_resume_attempts", flat=True).first()
+        if attempts is None:
+            return False
+        resume_at = None
+        if kind != PauseKind.PROVIDER:
+            then = ""
+        elif attempts < limit:
+            delay = auto_resume_seconds(attempts)
+            resume_at = now + timedelta(seconds=delay)
+            then = (
+                f" It resumes by itself at {timezone.localtime(resume_at):%H:%M:%S} "
+                f"(automatic attempt {attempts + 1} of {limit}); Pause keeps it paused."
+            )
+        else:
+            then = (
+                f" It resumed by itself {limit} times without a message getting through: "
+                "press Resume once the provider is back."
+            )
+        reason = f"Paused: {why}.{then} The provider said: {said[:1200]}"
+        sending.update(
+            status=Campaign.Status.PAUSED,
+            status_reason=reason[:2000],
+            pause_kind=kind,
+            auto_resume_at=resume_at,
+            provider_pause_count=F("provider_pause_count") + 1,
+            updated_at=now,
+        )
+        if resume_at is not None:
+            # Its own wake-up; beat's scan catches it too if this task is lost.
+            transaction.on_commit(lambda: resume_due_campaigns.apply_async(countdown=delay + 0.2))
+    logger.warning("Campaign %s paused (%s): %s", campaign_id, kind, reason[:300])
+    return True
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import get_connection
 from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from audience.models import Contact
@@ -164,11 +165,23 @@ def campaigns_start_due() -> list[int]:
 
 
 def campaign_pause(*, campaign: Campaign, actor: str = "", reason: str = "") -> Campaign:
-    """Stop after the message in flight; the rest stays queued for resume."""
-    updated = Campaign.objects.filter(pk=campaign.pk, status=Status.SENDING).update(
-        status=Status.PAUSED,
-        status_reason=reason or (f"Paused by {actor}." if actor else "Paused."),
-        updated_at=timezone.now(),
+    """Stop after the message in flight; the rest stays queued for resume.
+
+    A person's pause is never undone automatically: pausing a campaign the provider
+    paused (and that would resume by itself) keeps it paused until someone resumes it."""
+    updated = (
+        Campaign.objects.filter(pk=campaign.pk)
+        .filter(
+            Q(status=Status.SENDING)
+            | (Q(status=Status.PAUSED) & ~Q(pause_kind=Campaign.PauseKind.OWNER))
+        )
+        .update(
+            status=Status.PAUSED,
+            status_reason=reason or (f"Paused by {actor}." if actor else "Paused."),
+            pause_kind=Campaign.PauseKind.OWNER,
+            auto_resume_at=None,
+            updated_at=timezone.now(),
+        )
     )
     if not updated:
         raise ValidationError("Only a campaign that is sending can be paused.")
@@ -176,29 +189,64 @@ def campaign_pause(*, campaign: Campaign, actor: str = "", reason: str = "") -> 
     return campaign
 
 
-def campaign_resume(*, campaign: Campaign, actor: str = "") -> Campaign:
+def _resume(campaign_id: int, *, automatic: bool) -> bool:
+    """paused → sending, and every chunk still queued dispatched again."""
     from campaigns import sending
     from campaigns.tasks import send_chunk
 
+    now = timezone.now()
+    paused = Campaign.objects.filter(pk=campaign_id, status=Status.PAUSED)
+    if automatic:
+        # Only the provider's pause, once its time has come: a person may have pressed
+        # Pause since (pause_kind becomes owner) and that must hold.
+        paused = paused.filter(pause_kind=Campaign.PauseKind.PROVIDER, auto_resume_at__lte=now)
+    with transaction.atomic():
+        updated = paused.update(
+            status=Status.SENDING,
+            status_reason="",
+            pause_kind="",
+            auto_resume_at=None,
+            auto_resume_attempts=F("auto_resume_attempts") + 1 if automatic else 0,
+            consecutive_failed_chunks=0,
+            failing_since=None,
+            updated_at=now,
+        )
+        if not updated:
+            return False
+        chunks = sending.open_chunks(campaign_id)
+        for chunk in chunks:
+            send_chunk.delay_on_commit(campaign_id, chunk)
+    if not chunks:
+        sending.campaign_finish_if_done(campaign_id=campaign_id)
+    return True
+
+
+def campaign_resume(*, campaign: Campaign, actor: str = "") -> Campaign:
     problems = sender_problems(SenderSettings.load())
     if problems:
         raise ValidationError(problems)
-    with transaction.atomic():
-        updated = Campaign.objects.filter(pk=campaign.pk, status=Status.PAUSED).update(
-            status=Status.SENDING,
-            status_reason="",
-            consecutive_failed_chunks=0,
-            updated_at=timezone.now(),
-        )
-        if not updated:
-            raise ValidationError("Only a paused campaign can be resumed.")
-        chunks = sending.open_chunks(campaign.pk)
-        for chunk in chunks:
-            send_chunk.delay_on_commit(campaign.pk, chunk)
-    if not chunks:
-        sending.campaign_finish_if_done(campaign_id=campaign.pk)
+    if not _resume(campaign.pk, automatic=False):
+        raise ValidationError("Only a paused campaign can be resumed.")
     campaign.refresh_from_db()
     return campaign
+
+
+def campaigns_resume_due() -> list[int]:
+    """Resume every campaign the provider paused whose backoff has run out (beat, and
+    the wake-up task each such pause queues). A campaign whose sender settings went
+    incomplete meanwhile stays paused; campaign_resume says why when a person tries."""
+    due = Campaign.objects.filter(
+        status=Status.PAUSED,
+        pause_kind=Campaign.PauseKind.PROVIDER,
+        auto_resume_at__lte=timezone.now(),
+    ).values_list("pk", flat=True)
+    due = list(due)
+    if not due or sender_problems(SenderSettings.load()):
+        return []
+    resumed = [pk for pk in due if _resume(pk, automatic=True)]
+    for pk in resumed:
+        logger.info("Campaign %s resumed by itself after a provider pause", pk)
+    return resumed
 
 
 def campaign_cancel(*, campaign: Campaign, actor: str = "") -> Campaign:

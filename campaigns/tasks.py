@@ -14,12 +14,23 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
     try:
         result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
     except sending.TransientSendError as exc:
-        exhausted = self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
-        paused = sending.chunk_failed(campaign_id=campaign_id, reason=str(exc), exhausted=exhausted)
-        if paused or exhausted:
+        # A chunk that got some mail through before the trouble is not running out of
+        # retries: at 30% errors a 500-message chunk would, one message per try.
+        exhausted = not exc.progressed and self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
+        failure = sending.chunk_failed(
+            campaign_id=campaign_id,
+            reason=str(exc),
+            retry_after=exc.retry_after,
+            exhausted=exhausted,
+        )
+        if failure.paused or exhausted:
             # The rows are back in the queue; resume dispatches them again.
             return {"paused": True, "reason": str(exc)}
-        raise self.retry(exc=exc, countdown=sending.backoff_seconds(self.request.retries)) from None
+        countdown = max(sending.backoff_seconds(self.request.retries), failure.wait)
+        if exc.progressed:
+            send_chunk.apply_async((campaign_id, chunk), countdown=countdown)
+            return {"retrying": True, "reason": str(exc)}
+        raise self.retry(exc=exc, countdown=countdown) from None
     return {"sent": len(result.sent), "failed": len(result.failed), "skipped": len(result.skipped)}
 
 
@@ -27,6 +38,13 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
 def sweep_stale_claims() -> dict:
     """Beat: give the rows of a dead worker's chunk back to the queue."""
     return {str(k): v for k, v in sending.claims_sweep().items()}
+
+
+@shared_task(acks_late=True)
+def resume_due_campaigns() -> list[int]:
+    """Beat, and each provider pause's own wake-up: resume the campaigns whose
+    provider pause has served its backoff."""
+    return services.campaigns_resume_due()
 
 
 @shared_task(acks_late=True)

@@ -218,8 +218,18 @@ CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500, minimum=1)
 CAMPAIGN_CLAIM_TIMEOUT = env_int("CAMPAIGN_CLAIM_TIMEOUT", 300, minimum=5)
 # How often a chunk in flight looks for pause/cancel (seconds).
 CAMPAIGN_STATUS_CHECK_SECONDS = env_float("CAMPAIGN_STATUS_CHECK_SECONDS", 1.0, minimum=0)
-# This many failed chunks in a row (provider 429/5xx/timeouts) pause the campaign.
+# The campaign pauses when the provider (429/5xx/timeouts) has turned chunks away at least
+# this many times and for at least CAMPAIGN_FAILURE_WINDOW seconds with no message getting
+# through; a burst that several workers see at the same instant only slows it down.
 CAMPAIGN_MAX_FAILED_CHUNKS = env_int("CAMPAIGN_MAX_FAILED_CHUNKS", 3, minimum=1)
+CAMPAIGN_FAILURE_WINDOW = env_float("CAMPAIGN_FAILURE_WINDOW", 60.0, minimum=0)
+# A pause the provider caused resumes by itself after a growing, capped backoff, at most
+# this many times in a row without a message getting through (0: never by itself).
+CAMPAIGN_AUTO_RESUME_MAX = env_int("CAMPAIGN_AUTO_RESUME_MAX", 12, minimum=0)
+CAMPAIGN_AUTO_RESUME_BACKOFF = env_float("CAMPAIGN_AUTO_RESUME_BACKOFF", 60.0, minimum=0.1)
+CAMPAIGN_AUTO_RESUME_BACKOFF_MAX = env_float(
+    "CAMPAIGN_AUTO_RESUME_BACKOFF_MAX", 1800.0, minimum=0.1
+)
 CAMPAIGN_MAX_RETRIES = env_int("CAMPAIGN_MAX_RETRIES", 8, minimum=0)
 CAMPAIGN_RETRY_BACKOFF = env_float("CAMPAIGN_RETRY_BACKOFF", 5.0, minimum=0)
 CAMPAIGN_RETRY_BACKOFF_MAX = env_float("CAMPAIGN_RETRY_BACKOFF_MAX", 300.0, minimum=0)
@@ -248,6 +258,12 @@ CELERY_BEAT_SCHEDULE = {
     "campaigns-sweep-stale-claims": {
         "task": "campaigns.tasks.sweep_stale_claims",
         "schedule": env_float("CAMPAIGN_SWEEP_SECONDS", 60.0, minimum=1),
+    },
+    # Provider pauses whose time has come (each pause also queues its own resume; this
+    # catches one lost with a worker or the broker).
+    "campaigns-resume-due": {
+        "task": "campaigns.tasks.resume_due_campaigns",
+        "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),
     },
 }
 
@@ -306,6 +322,20 @@ def _anymail_settings(provider: str) -> dict:
 
 
 ANYMAIL = _anymail_settings(EMAIL_PROVIDER) if EMAIL_BACKEND.startswith("anymail") else {}
+# EMAIL_TIMEOUT reaches SMTP by itself; anymail has its own setting (default 30 s), and a
+# send that waits that long is one the worker may send again unknowingly.
+if EMAIL_PROVIDER == "amazon_ses":
+    # boto3's own retries would re-send a message whose answer never came, uncounted;
+    # the chunk task retries instead, and counts it.
+    ANYMAIL["AMAZON_SES_CLIENT_PARAMS"] = {
+        "config": {
+            "connect_timeout": EMAIL_TIMEOUT,
+            "read_timeout": EMAIL_TIMEOUT,
+            "retries": {"total_max_attempts": 1},
+        }
+    }
+elif EMAIL_BACKEND.startswith("anymail"):
+    ANYMAIL["REQUESTS_TIMEOUT"] = EMAIL_TIMEOUT
 # Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/, only
 # for the providers we send through (config.webhooks; add a failover provider to
 # tracking_providers once there is one): basic-auth credentials "user:password" you put
@@ -326,6 +356,10 @@ if not DEBUG:
         )
 if EMAIL_PROVIDER == "mailjet" and not ANYMAIL.get("MAILJET_SECRET_KEY"):
     raise ImproperlyConfigured("EMAIL_PROVIDER=mailjet needs EMAIL_API_SECRET as well")
+
+# /healthz answers anyone ok/down; its detail (each part, signups waiting) needs a staff
+# login or "Authorization: Bearer <HEALTHZ_TOKEN>" (config.health).
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN")
 
 # --- Auth, i18n, static ---------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

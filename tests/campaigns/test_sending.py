@@ -288,6 +288,7 @@ def test_consecutive_failed_chunks_pause_the_campaign_with_the_reason(
     celery_worker, esp, sender, settings
 ):
     settings.CAMPAIGN_CHUNK_SIZE = 2
+    settings.CAMPAIGN_FAILURE_WINDOW = 0.5
     for _ in range(6):
         ContactFactory()
     esp.state.control({"fail_always": 500})
@@ -295,8 +296,11 @@ def test_consecutive_failed_chunks_pause_the_campaign_with_the_reason(
     assert _wait(lambda: _status(campaign) == Campaign.Status.PAUSED)
 
     campaign.refresh_from_db()
-    assert "3 failed chunks in a row" in campaign.status_reason
+    assert "chunks away" in campaign.status_reason
     assert "500" in campaign.status_reason
+    assert campaign.pause_kind == Campaign.PauseKind.PROVIDER
+    assert campaign.auto_resume_at > timezone.now()
+    assert "resumes by itself" in campaign.status_reason
     time.sleep(0.5)
     statuses = set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
     assert statuses == {Delivery.Status.QUEUED}
@@ -472,3 +476,220 @@ def test_a_sweep_is_not_stuck_behind_a_blasts_chunk_tasks(celery_worker, esp, se
     assert esp.state.stats()["recipients"] < 15
     services.campaign_cancel(campaign=blast)
     services.campaign_cancel(campaign=stuck)
+
+
+def _deliveries(campaign: Campaign) -> set[str]:
+    return set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize(
+    ("status", "message", "mode"),
+    [
+        (401, "Invalid private key", Campaign.SendMode.PER_MESSAGE),
+        (401, "Invalid private key", Campaign.SendMode.BATCH),
+        (403, "Domain not allowed", Campaign.SendMode.PER_MESSAGE),
+        (400, "'from' parameter is missing", Campaign.SendMode.PER_MESSAGE),
+        (400, "'from' parameter is missing", Campaign.SendMode.BATCH),
+    ],
+)
+def test_a_provider_refusing_the_account_or_request_pauses_and_fails_nobody(
+    celery_worker, esp, sender, settings, status, message, mode
+):
+    settings.CAMPAIGN_CHUNK_SIZE = 10
+    contacts = [ContactFactory() for _ in range(30)]
+    esp.state.control({"fail_always": status, "message": message})
+    campaign = services.campaign_start(campaign=_campaign(send_mode=mode))
+    assert _wait(lambda: _status(campaign) == Campaign.Status.PAUSED)
+
+    campaign.refresh_from_db()
+    assert campaign.pause_kind == Campaign.PauseKind.SETUP
+    assert message in campaign.status_reason
+    assert "nobody was marked failed" in campaign.status_reason
+    assert campaign.auto_resume_at is None  # a person has to fix the account
+    assert (campaign.sent_count, campaign.failed_count) == (0, 0)
+    assert _deliveries(campaign) == {Delivery.Status.QUEUED}
+    # The first chunk tells (in batch mode after its one batch call); the provider is not
+    # asked once per recipient of the campaign.
+    assert esp.state.stats()["failures_served"] <= 11
+
+    esp.state.control({"reset": True})
+    services.campaign_resume(campaign=campaign)
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+
+
+@pytest.mark.worker
+def test_recipients_rejected_side_by_side_fail_alone(celery_worker, esp, sender):
+    bad = [ContactFactory(email=f"bad{n}@invalid.example") for n in range(4)]
+    good = [ContactFactory() for _ in range(3)]
+    esp.state.control({"reject": [c.email for c in bad]})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    campaign.refresh_from_db()
+    assert (campaign.sent_count, campaign.failed_count) == (3, 4)
+    failed = Delivery.objects.filter(campaign=campaign, status=Delivery.Status.FAILED)
+    assert {d.contact_id for d in failed} == {c.pk for c in bad}
+    assert sorted(esp.state.recipients) == sorted(c.email for c in good)
+
+
+@pytest.mark.worker
+def test_retry_after_holds_every_chunk_off_the_provider(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    contacts = [ContactFactory() for _ in range(6)]
+    esp.state.control({"fail_next": 1, "status": 429, "retry_after": 2})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    [(refused_at, _)] = [entry for entry in esp.state.log if entry[1] == 429]
+    after = [at for at, code in esp.state.log if at > refused_at]
+    # Not the chunk's own 0.2 s backoff, and not the other chunks either: nobody asked
+    # the provider again before the two seconds it asked for had passed.
+    assert min(after) - refused_at >= 1.9
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+
+
+@pytest.mark.worker
+def test_a_short_burst_of_provider_errors_does_not_pause(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 1
+    contacts = [ContactFactory() for _ in range(8)]
+    # Five chunks in a row turned away within a second: once three in a row paused.
+    esp.state.control({"fail_next": 5, "status": 503})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT, timeout=20)
+
+    campaign.refresh_from_db()
+    assert campaign.provider_pause_count == 0
+    assert esp.state.stats()["failures_served"] == 5
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+
+
+@pytest.mark.worker
+def test_a_provider_pause_resumes_by_itself_and_loses_nobody(celery_worker, esp, sender, settings):
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    settings.CAMPAIGN_MAX_FAILED_CHUNKS = 2
+    settings.CAMPAIGN_FAILURE_WINDOW = 0.3
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 0.5
+    contacts = [ContactFactory() for _ in range(6)]
+    esp.state.control({"fail_always": 503})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.PAUSED)
+    campaign.refresh_from_db()
+    assert campaign.pause_kind == Campaign.PauseKind.PROVIDER
+    assert campaign.auto_resume_at is not None
+
+    esp.state.control({"fail_always": 0})  # the provider is back; nobody presses Resume
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    campaign.refresh_from_db()
+    assert campaign.provider_pause_count >= 1
+    assert (campaign.sent_count, campaign.failed_count, campaign.duplicate_count) == (6, 0, 0)
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+    assert set(esp.state.recipients.values()) == {1}
+
+
+def test_automatic_resumes_back_off_and_stop_at_the_limit(sender, settings):
+    settings.CAMPAIGN_AUTO_RESUME_MAX = 2
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 10
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF_MAX = 15
+    ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    delays = []
+    for _ in range(3):
+        before = timezone.now()
+        assert sending.provider_pause(
+            campaign_id=campaign.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
+        )
+        campaign.refresh_from_db()
+        if campaign.auto_resume_at is None:
+            break
+        delays.append(round((campaign.auto_resume_at - before).total_seconds()))
+        Campaign.objects.filter(pk=campaign.pk).update(auto_resume_at=timezone.now())
+        assert services.campaigns_resume_due() == [campaign.pk]
+    assert delays == [10, 15]  # growing, capped
+    assert campaign.status == Campaign.Status.PAUSED
+    assert "press Resume" in campaign.status_reason
+    assert services.campaigns_resume_due() == []
+
+
+def test_an_owners_pause_is_never_resumed_by_itself(sender, settings):
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 0.1
+    ContactFactory()
+    by_owner = services.campaign_start(campaign=_campaign())
+    services.campaign_pause(campaign=by_owner, actor="owner")
+    # The provider paused this one, then the owner pressed Pause before it woke up.
+    overruled = services.campaign_start(campaign=_campaign(name="Second"))
+    sending.provider_pause(
+        campaign_id=overruled.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
+    )
+    services.campaign_pause(campaign=overruled, actor="owner")
+    # A third, left alone, shows the sweep does wake provider pauses.
+    left = services.campaign_start(campaign=_campaign(name="Third"))
+    sending.provider_pause(
+        campaign_id=left.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
+    )
+    assert wait_for(lambda: services.campaigns_resume_due() == [left.pk], timeout=5)
+
+    for campaign in (by_owner, overruled):
+        campaign.refresh_from_db()
+        assert campaign.status == Campaign.Status.PAUSED
+        assert campaign.pause_kind == Campaign.PauseKind.OWNER
+        assert campaign.auto_resume_at is None
+    assert _status(left) == Campaign.Status.SENDING
+
+
+@pytest.mark.worker
+def test_a_send_whose_answer_never_came_counts_as_a_possible_duplicate(celery_worker, esp, sender):
+    contacts = [ContactFactory() for _ in range(3)]
+    # The provider takes the first message but answers after the client's 1 s timeout.
+    esp.state.control({"deliver_late_next": 1, "seconds": 1.5})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+
+    assert esp.state.stats()["duplicates"] == 1
+    campaign.refresh_from_db()
+    assert campaign.sent_count == 3
+    assert campaign.duplicate_count == 1
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+
+
+def test_email_timeout_reaches_every_provider_backend():
+    import os
+    import subprocess
+    import sys
+
+    code = "import django; django.setup(); from django.core.mail import get_connection; "
+    code += "print(get_connection().timeout)"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "EMAIL_PROVIDER": "mailgun",
+        "EMAIL_API_KEY": "key-test",
+        "EMAIL_TIMEOUT": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
+def test_the_campaign_page_says_why_it_paused_and_when_it_tries_again(sender, admin_client):
+    ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    sending.provider_pause(
+        campaign_id=campaign.pk,
+        kind=Campaign.PauseKind.PROVIDER,
+        why="the provider kept failing",
+        said="Mailgun API response 503",
+    )
+    campaign.refresh_from_db()
+    page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    text = page.content.decode()
+    assert "Mailgun API response 503" in text
+    assert 'id="auto-resume"' in text
+    assert timezone.localtime(campaign.auto_resume_at).strftime("%H:%M:%S") in text
+    assert 'id="pause-button"' in text  # to keep it paused
