@@ -2,7 +2,7 @@
 
     REDIS_URL=redis://127.0.0.1:6379/7 .venv/bin/python bench/redis_call.py
 
-A signup makes exactly one Redis call (audience.throttle.count_then_append: count the
+A signup makes exactly one Redis call (audience.throttle.count: count the
 rate limits, append to the signup buffer). This prints the CPU microseconds one call
 takes in this process, best of three batches, through:
 
@@ -47,15 +47,16 @@ def main() -> int:
     django.setup()
     from django.core.cache import cache
 
-    from audience import throttle
+    from audience import buffer, throttle
 
     run = secrets.token_hex(4)
     limits = [(f"bench-ip:{run}", "1000000000/m"), (f"bench-form:{run}", "1000000000/m")]
     stream, flag = f"bench-stream:{run}", f"bench-flag:{run}"
     entry = "x" * 200
+    append = throttle.Append(stream=stream, entry=entry, flag=flag, flag_ms=500)
     n = 5000
 
-    client = throttle._redis_client()
+    client = buffer.client()
     script = client.register_script(throttle._COUNT_THEN_APPEND)
     windows = throttle._windows(limits)
     keys = [cache.make_key(k) for k, _l, _s in windows] + [
@@ -70,9 +71,7 @@ def main() -> int:
             lambda: client.evalsha(throttle._SHA, len(keys), *keys, *args), n
         ),
         "audience.throttle (own connection)": _best(
-            lambda: throttle.count_then_append(
-                limits, stream=stream, entry=entry, flag=flag, flag_ms=500
-            ),
+            lambda: throttle.count(limits, append=append),
             n,
         ),
     }
