@@ -668,6 +668,7 @@ def test_email_timeout_reaches_every_provider_backend():
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "EMAIL_PROVIDER": "mailgun",
         "EMAIL_API_KEY": "key-test",
+        "MAILGUN_WEBHOOK_SIGNING_KEY": "signing-key-test",
         "EMAIL_TIMEOUT": "1",
     }
     result = subprocess.run(
