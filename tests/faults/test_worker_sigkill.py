@@ -36,6 +36,8 @@ def _worker_env(esp: FakeESP, database_url: str) -> dict:
         EMAIL_API_KEY="key-test",
         EMAIL_API_URL=f"{esp.url}/v3",
         MAILGUN_SENDER_DOMAIN="mg.shop.example",
+        # The mounted tracking webhook must have its key, or the settings refuse to load.
+        MAILGUN_WEBHOOK_SIGNING_KEY="test-signing-key",
         CAMPAIGN_CHUNK_SIZE=str(CHUNK),
         CAMPAIGN_CLAIM_TIMEOUT=str(CLAIM_TIMEOUT),
         CAMPAIGN_RETRY_BACKOFF="0.2",
