@@ -26,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## The fault suite (tests/faults/) against real PostgreSQL and Redis: kills workers, the
+## The fault suite (tests/faults/, and the hostile-input tests tests/faultreport.py names)
+## against real PostgreSQL and Redis: kills workers, the
 ## broker and connections mid-work, and ends with one table of cases, survived, records
 ## lost (must be 0) and duplicates. Needs both servers; defaults to the local ones.
 FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
@@ -35,7 +36,7 @@ faults: $(STAMP)
 	@export DATABASE_URL="$${DATABASE_URL:-$(FAULTS_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(FAULTS_REDIS_URL)}"; \
 	case "$$DATABASE_URL $$REDIS_URL" in postgres*" redis"*) ;; \
 	  *) echo "make faults needs DATABASE_URL=postgres://... and REDIS_URL=redis://..."; exit 2;; esac; \
-	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
+	$(BIN)/pytest tests --faults $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

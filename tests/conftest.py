@@ -10,6 +10,9 @@ from audience import confirmations
 from bench.fake_esp import FakeESP
 from config.celery import app as celery_app
 
+# The fault table and `--faults` (make faults): see tests/faultreport.py.
+pytest_plugins = ["tests.faultreport"]
+
 
 def _clear_cache() -> None:
     """Forget rate-limit buckets between tests without flushing a shared Redis database,

@@ -59,7 +59,9 @@ def _fill_buffer(form) -> None:
     assert intake.backlog() == ENTRIES
 
 
-def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(transactional_db):
+def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(
+    transactional_db, fault_report
+):
     from config.celery import app
 
     app.control.purge()
@@ -68,6 +70,7 @@ def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(transact
     workers: list[subprocess.Popen] = []
     client = buffer.client()
     stream = cache.make_key(intake.STREAM)
+    survived, lost, duplicates = 0, None, None
     try:
         form = SignupFormFactory(double_opt_in=False)
         _fill_buffer(form)
@@ -116,6 +119,14 @@ def test_a_killed_drain_worker_is_resumed_and_every_signup_arrives_once(transact
         assert events == distinct == ENTRIES  # one signup event each, none doubled
         assert not client.xrange(cache.make_key(intake.FAILED_STREAM))
         print(f"killed after {drained_at_kill} signups; resumed and finished")
+        survived, lost, duplicates = 1, ENTRIES - contacts(), events - distinct
     finally:
+        fault_report(
+            fault="worker SIGKILL mid signup-buffer drain",
+            cases=1,
+            survived=survived,
+            lost=lost,
+            duplicates=duplicates,
+        )
         for proc in workers:
             stop(proc)

@@ -1,9 +1,9 @@
-"""SIGKILL a worker in the middle of a 5,000-recipient blast; nobody may be skipped.
+"""SIGKILL a worker three times in one 5,000-recipient blast; nobody may be skipped.
 
 Real worker processes (`python -m celery -A config worker`) on the configured broker,
-against the test database, sending through the fake Mailgun on loopback. After the
-kill, a fresh worker and the sweeper must finish the job, re-sending at most the chunk
-the dead worker held.
+against the test database, sending through the fake Mailgun on loopback. After each
+kill, a fresh worker and the sweeper carry on, re-sending at most the chunk each dead
+worker held.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.worker
 
 RECIPIENTS = 5000
 CHUNK = 500
+KILLS_AT = (1250, 2500, 3750)  # recipients the provider has seen when each worker dies
 CLAIM_TIMEOUT = 5
 
 
@@ -61,7 +62,9 @@ def _seed() -> list[str]:
     return [f"r{i}@example.com" for i in range(RECIPIENTS)]
 
 
-def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional_db, fault_report):
+def test_three_sigkilled_workers_cost_at_most_a_chunk_each_and_skip_nobody(
+    transactional_db, fault_report
+):
     from config.celery import app
 
     app.control.purge()
@@ -81,19 +84,25 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
         db.hand_over()
         env = _worker_env(esp, db.url)
 
-        first = start_worker(env, tmp / "worker1.log")
-        workers.append(first)
-        # Kill it in the middle of a chunk, well into the blast.
-        assert wait(lambda: esp.state.stats()["recipients"] >= 1250, timeout=60), (
-            tmp / "worker1.log"
-        ).read_text()
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        at_kill = esp.state.stats()["recipients"]
-        assert at_kill < RECIPIENTS
+        # Kill a worker in the middle of a chunk, three times over the blast.
+        kills = []
+        for number, threshold in enumerate(KILLS_AT, start=1):
+            log = tmp / f"worker{number}.log"
+            worker = start_worker(env, log)
+            workers.append(worker)
 
-        second = start_worker(env, tmp / "worker2.log")
-        workers.append(second)
+            def reached(threshold=threshold) -> bool:
+                sweep_stale_claims.delay()  # beat's job, on a short timer
+                return esp.state.stats()["recipients"] >= threshold
+
+            assert wait(reached, timeout=90, step=1), log.read_text()
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            kills.append(esp.state.stats()["recipients"])
+        assert kills[-1] < RECIPIENTS + CHUNK * len(KILLS_AT)
+
+        last = start_worker(env, tmp / "worker-last.log")
+        workers.append(last)
 
         def finished() -> bool:
             status = db.query("SELECT status FROM campaigns_campaign WHERE id = %s", campaign.pk)
@@ -103,24 +112,24 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
             sweep_stale_claims.delay()
             return False
 
-        assert wait(finished, timeout=80, step=2), (tmp / "worker2.log").read_text()
+        assert wait(finished, timeout=120, step=2), (tmp / "worker-last.log").read_text()
 
         stats = esp.state.stats()
         received = esp.state.recipients
         assert sorted(received) == sorted(expected), "someone was skipped or a stranger mailed"
         assert not any(email.startswith(("u", "p")) for email in received)
         duplicates = stats["duplicates"]
-        assert duplicates <= CHUNK
+        assert duplicates <= CHUNK * len(KILLS_AT)
         (sent, counted), *_ = db.query(
             "SELECT sent_count, duplicate_count FROM campaigns_campaign WHERE id = %s",
             campaign.pk,
         )
         assert sent == RECIPIENTS
-        # The kill hit a chunk in flight: its rows were re-queued and re-sent, and every
+        # Each kill hit a chunk in flight: its rows were re-queued and re-sent, and every
         # real duplicate the provider saw is within what the campaign counted.
-        assert 0 < counted <= CHUNK
+        assert 0 < counted <= CHUNK * len(KILLS_AT)
         assert duplicates <= counted
-        print(f"killed at {at_kill} sent; duplicates seen {duplicates}, counted {counted}")
+        print(f"killed at {kills} sent; duplicates seen {duplicates}, counted {counted}")
         open_rows = db.query(
             "SELECT COUNT(*) FROM campaigns_delivery WHERE campaign_id = %s AND status <> 'sent'",
             campaign.pk,
@@ -129,7 +138,7 @@ def test_sigkilled_worker_costs_at_most_one_chunk_and_skips_nobody(transactional
         survived, lost = 1, len(set(expected) - set(received))
     finally:
         fault_report(
-            fault="worker SIGKILL mid-blast",
+            fault="worker SIGKILL x3 in one blast",
             cases=1,
             survived=survived,
             lost=lost,
