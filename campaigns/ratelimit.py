@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
+from contextlib import contextmanager
 from functools import cache
 
 from django.conf import settings
@@ -99,9 +100,11 @@ def _reserve_redis(limits, n: int, now: float) -> float:
     return float(_redis_script(settings.REDIS_URL)(keys=keys, args=args))
 
 
-def _reserve_file(limits, n: int, now: float) -> float:
-    path = settings.VAR_DIR / "send-rate.json"
-    with open(path, "a+") as handle:
+@contextmanager
+def _locked_file_state():
+    """The quickstart's shared state (no Redis): a JSON file that every worker process
+    reads and writes under an exclusive lock; what the block leaves in the dict is saved."""
+    with open(settings.VAR_DIR / "send-rate.json", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             handle.seek(0)
@@ -109,18 +112,23 @@ def _reserve_file(limits, n: int, now: float) -> float:
                 state = json.loads(handle.read() or "{}")
             except ValueError:
                 state = {}
-            start = max(float(state.get("hold", 0.0)), now)
-            wait = start - now
-            for name, interval, burst in limits:
-                tat = max(float(state.get(name, 0.0)), start)
-                wait = max(wait, tat - burst - now)
-                state[name] = tat + n * interval
+            yield state
             handle.seek(0)
             handle.truncate()
             handle.write(json.dumps(state))
             handle.flush()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reserve_file(limits, n: int, now: float) -> float:
+    with _locked_file_state() as state:
+        start = max(float(state.get("hold", 0.0)), now)
+        wait = start - now
+        for name, interval, burst in limits:
+            tat = max(float(state.get(name, 0.0)), start)
+            wait = max(wait, tat - burst - now)
+            state[name] = tat + n * interval
     return wait
 
 
@@ -176,22 +184,9 @@ def hold(seconds: float) -> float:
         script = _redis_script(settings.REDIS_URL, _HOLD_LUA)
         until = float(script(keys=[HOLD_KEY], args=[until, seconds]))
     else:
-        with open(settings.VAR_DIR / "send-rate.json", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                handle.seek(0)
-                try:
-                    state = json.loads(handle.read() or "{}")
-                except ValueError:
-                    state = {}
-                until = max(float(state.get("hold", 0.0)), until)
-                state["hold"] = until
-                handle.seek(0)
-                handle.truncate()
-                handle.write(json.dumps(state))
-                handle.flush()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _locked_file_state() as state:
+            until = max(float(state.get("hold", 0.0)), until)
+            state["hold"] = until
     # This process sees its own hold at once.
     _seen_hold.update(until=until, checked=now)
     return until
