@@ -473,7 +473,8 @@ def signups_apply_deferred(*, limit: int = 500) -> tuple[int, bool]:
             done.append(row.pk)
         SignupDeferred.objects.filter(pk__in=done).delete()
         applied = len(done)
-    return applied, len(rows) == limit
+    # Rows kept because they failed do not make "more": the sweep tries them again.
+    return applied, applied == limit
 
 
 def _deferred_signup(data: dict, forms: dict) -> Signup:
@@ -571,8 +572,10 @@ def contact_unsubscribe(
     if before in SUPPRESSED:
         if contact.optin_requested_at is not None:
             # Asked to come back (a signup), then said no: the request ends, and the
-            # owner's answer is evidence too.
-            contact.save(update_fields=[*_close_request(contact), "updated_at"])
+            # owner's answer is evidence too; a signup older than it changes nothing.
+            contact.unsubscribed_at = timezone.now()
+            closed = _close_request(contact)
+            contact.save(update_fields=["unsubscribed_at", *closed, "updated_at"])
             _record(
                 contact, kind=ConsentEvent.Kind.UNSUBSCRIBE, before=before, evidence=evidence,
                 detail=detail,
@@ -693,7 +696,10 @@ def contact_update(
         setattr(contact, field, values[field])
     fields = list(changed)
     before = contact.status
-    if "email" in changed and contact.status in (Status.SUBSCRIBED, Status.PENDING):
+    if "email" in changed and contact.status in SUPPRESSED:
+        # A request opened for the old address must not be confirmed from the new one.
+        fields += _close_request(contact)
+    elif "email" in changed:
         now = timezone.now()
         contact.status = Status.PENDING
         contact.optin_requested_at = now

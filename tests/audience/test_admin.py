@@ -217,3 +217,16 @@ def test_the_admin_cannot_add_an_erased_address(admin_client):
     assert response.status_code == 200
     assert b"erased at its owner" in response.content
     assert not Contact.objects.filter(email="gone@example.com").exists()
+
+
+def test_changing_a_suppressed_contacts_address_ends_its_open_request(admin_client):
+    contact = ContactFactory(email="was@example.com", status="unsubscribed")
+    Contact.objects.filter(pk=contact.pk).update(optin_requested_at=contact.created_at)
+    data = {"email": "now@example.com", "first_name": contact.first_name,
+            "last_name": contact.last_name, "phone": "", "attributes": "{}",
+            "consent_events-TOTAL_FORMS": "0", "consent_events-INITIAL_FORMS": "0"}  # fmt: skip
+    assert admin_client.post(f"{CHANGELIST}{contact.pk}/change/", data).status_code == 302
+    contact.refresh_from_db()
+    # The request was opened for the old address: nobody may confirm it from the new one.
+    assert (contact.status, contact.optin_requested_at, contact.confirmation_due) == (
+        "unsubscribed", None, False)  # fmt: skip

@@ -245,3 +245,18 @@ def test_a_known_address_is_taken_in_its_request_and_applied_by_the_worker(
     event = known.consent_events.get(kind="signup")
     assert (event.ip, event.signup_form_id) == ("203.0.113.7", form.pk)
     assert [m.to for m in mailoutbox] == [["anna@example.com"]]
+
+
+def test_saying_no_to_a_new_request_wins_over_a_signup_from_before_it(mailoutbox):
+    contact = ContactFactory(email="anna@example.com", status="unsubscribed")
+    form = SignupFormFactory()
+    _subscribe(form)  # someone asks for the address to come back
+    before_no = timezone.now()
+    services.contact_unsubscribe(contact=contact, evidence=services.Evidence(method="one-click"))
+    late = services.Signup(
+        form=form, email="anna@example.com", evidence=EVIDENCE,
+        consent_text=form.consent_text, double_opt_in=True, at=before_no,
+    )  # fmt: skip  # a signup from before the "no", applied after it (it waited in the buffer)
+    services.contacts_subscribe_batch([late])
+    contact.refresh_from_db()
+    assert (contact.status, contact.optin_requested_at) == ("unsubscribed", None)
