@@ -142,6 +142,10 @@ def _unanswered(exc: BaseException) -> bool:
     have been delivered. (A refused or timed-out connection sent nothing.)"""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return False
+    if getattr(exc, "status_code", None) in (502, 504):
+        return True  # a gateway gave up waiting on the provider, which may have taken it
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return True  # the answer broke off on its way back
     if isinstance(exc, requests.exceptions.Timeout):
         return True
     if isinstance(exc, requests.exceptions.ConnectionError):
@@ -689,6 +693,9 @@ def chunk_failed(
     campaign.update(
         consecutive_failed_chunks=F("consecutive_failed_chunks") + 1,
         failing_since=Coalesce(F("failing_since"), Value(now), output_field=DateTimeField()),
+        # A campaign waiting on retries is alive: the sweep must not take its chunks for
+        # a dead worker's (update() does not touch auto_now fields by itself).
+        updated_at=now,
     )
     row = campaign.values_list("consecutive_failed_chunks", "failing_since").first()
     if row is None:
@@ -711,7 +718,9 @@ def chunk_failed(
         )
     else:
         return ChunkFailure(paused=False, wait=wait)
-    paused = provider_pause(campaign_id=campaign_id, kind=PauseKind.PROVIDER, why=why, said=reason)
+    paused = provider_pause(
+        campaign_id=campaign_id, kind=PauseKind.PROVIDER, why=why, said=reason, not_before=wait
+    )
     return ChunkFailure(paused=paused, wait=wait)
 
 
@@ -720,7 +729,9 @@ def auto_resume_seconds(attempts: int) -> float:
     return min(base * (2**attempts), settings.CAMPAIGN_AUTO_RESUME_BACKOFF_MAX)
 
 
-def provider_pause(*, campaign_id: int, kind: str, why: str, said: str) -> bool:
+def provider_pause(
+    *, campaign_id: int, kind: str, why: str, said: str, not_before: float = 0.0
+) -> bool:
     """Pause a sending campaign because of the provider, saying why and what happens
     next. A `provider` pause is given a time to resume by itself (a growing, capped
     backoff, at most CAMPAIGN_AUTO_RESUME_MAX times without a message getting through);
@@ -738,7 +749,8 @@ def provider_pause(*, campaign_id: int, kind: str, why: str, said: str) -> bool:
         if kind != PauseKind.PROVIDER:
             then = ""
         elif attempts < limit:
-            delay = auto_resume_seconds(attempts)
+            # Never sooner than the provider asked (Retry-After) or the hold it caused.
+            delay = max(auto_resume_seconds(attempts), not_before)
             resume_at = now + timedelta(seconds=delay)
             then = (
                 f" It resumes by itself at {timezone.localtime(resume_at):%H:%M:%S} "

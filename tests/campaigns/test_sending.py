@@ -615,6 +615,19 @@ def test_automatic_resumes_back_off_and_stop_at_the_limit(sender, settings):
     assert services.campaigns_resume_due() == []
 
 
+def test_a_provider_pause_never_resumes_sooner_than_its_retry_after(sender, settings):
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 10
+    ContactFactory()
+    campaign = services.campaign_start(campaign=_campaign())
+    before = timezone.now()
+    assert sending.provider_pause(
+        campaign_id=campaign.pk, kind=Campaign.PauseKind.PROVIDER, why="429s", said="429",
+        not_before=900,
+    )  # fmt: skip
+    campaign.refresh_from_db()
+    assert (campaign.auto_resume_at - before).total_seconds() >= 900
+
+
 def test_an_owners_pause_is_never_resumed_by_itself(sender, settings):
     settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 0.1
     ContactFactory()
@@ -654,6 +667,19 @@ def test_a_send_whose_answer_never_came_counts_as_a_possible_duplicate(celery_wo
     assert campaign.sent_count == 3
     assert campaign.duplicate_count == 1
     assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+
+
+@pytest.mark.worker
+def test_a_gateway_timeout_counts_as_a_possible_duplicate(celery_worker, esp, sender):
+    """A 504 is a gateway that stopped waiting on the provider, which may have taken the
+    message: what is sent again for it is counted, like a timeout of our own."""
+    [ContactFactory() for _ in range(3)]
+    esp.state.control({"fail_next": 1, "status": 504})
+    campaign = services.campaign_start(campaign=_campaign())
+    assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
+    campaign.refresh_from_db()
+    assert (campaign.sent_count, campaign.failed_count) == (3, 0)
+    assert campaign.duplicate_count == 1
 
 
 def test_email_timeout_reaches_every_provider_backend():
