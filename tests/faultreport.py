@@ -234,6 +234,7 @@ FAULT_CLASSES = {
     ],
     "9 provider answer lost after delivery": [
         "tests/campaigns/test_sending.py::test_a_send_whose_answer_never_came",
+        "tests/campaigns/test_sending.py::test_a_gateway_timeout_counts_as_a_possible_duplicate",
     ],
     "9 signups while the broker is down": [
         "tests/audience/test_confirmations.py::test_signups_while_the_broker_is_down_answer_fast",
