@@ -21,3 +21,17 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:
                 raise
         time.sleep(interval)
     return False
+
+
+def while_locked(action, timeout: float = 10.0, interval: float = 0.05):
+    """Run ``action()`` and return its result, again while SQLite's shared in-memory test
+    database says "table is locked" (a worker thread is writing; unlike the quickstart's
+    file database, it has no busy timeout to wait it out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(interval)

@@ -19,7 +19,7 @@ from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.selectors import campaign_progress, campaign_recipients
 from campaigns.tasks import start_due_campaigns, sweep_stale_claims
 from tests.factories import ContactFactory, TagFactory
-from tests.polling import wait_for
+from tests.polling import wait_for, while_locked
 
 POSTAL = "Stillhere Shop\n1 Harbour Road\nPortsmouth"
 
@@ -179,7 +179,7 @@ def test_cancel_stops_sending_for_good(celery_worker, esp, sender, settings):
     campaign = services.campaign_start(campaign=_campaign())
     assert _wait(lambda: esp.state.stats()["recipients"] >= 3)
 
-    services.campaign_cancel(campaign=campaign, actor="owner")
+    while_locked(lambda: services.campaign_cancel(campaign=campaign, actor="owner"))
     time.sleep(0.3)
     at_cancel = esp.state.stats()["recipients"]
     time.sleep(1.5)
