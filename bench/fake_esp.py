@@ -16,11 +16,17 @@ Control (JSON over HTTP, or call the methods on `server.state` in-process):
     POST /_control {"deliver_late_next": 1, "seconds": 3}   next send is delivered, and
                                                      answered only that late
     POST /_control {"reject": ["bad@example.com"]}   these recipients are refused (400)
-    POST /_control {"reset": true}                   forget failures and recordings
+    POST /_control {"latency_ms": 150, "jitter_ms": 50}   every send answers after
+                                                     150 ± 50 ms (uniform), like a real API
+    POST /_control {"max_in_flight": 40}             past 40 sends in flight, answer 429
+                                                     with Retry-After: 1, as providers do
+    POST /_control {"reset": true}                   forget failures and recordings (the
+                                                     latency and the cap stay)
     GET  /_stats                                     {"requests": …, "recipients": …}
     GET  /_messages                                  every recipient's message, expanded
 
-Run alone: `python bench/fake_esp.py --port 8025 --record recipients`.
+Run alone: `python bench/fake_esp.py --port 8025 --record recipients --latency-ms 150
+--jitter-ms 50 --max-in-flight 80`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import re
 import socket
 import threading
@@ -43,9 +50,23 @@ _RECIPIENT_VAR = re.compile(r"%recipient\.([^%]+)%")
 class State:
     """What the server saw, and what it has been told to do. Thread-safe."""
 
-    def __init__(self, record: str = "full"):
+    def __init__(
+        self,
+        record: str = "full",
+        *,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        max_in_flight: int = 0,
+    ):
         self.lock = threading.Lock()
         self.record = record  # full | recipients | count
+        # Seconds every send takes to answer (uniform in latency ± jitter), and the most
+        # sends the provider takes at once (0: no cap); reset() keeps them.
+        self.latency = latency_ms / 1000
+        self.jitter = jitter_ms / 1000
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.reset()
 
     def reset(self) -> None:
@@ -67,6 +88,8 @@ class State:
             self.deliver_late_seconds = 0.0
             # (time.time() it arrived, status answered) for every send request.
             self.log: list[tuple[float, int]] = []
+            self.over_capacity = 0  # 429s answered for too many sends in flight
+            self.peak_in_flight = self.in_flight
 
     def control(self, command: dict) -> None:
         if command.get("reset"):
@@ -89,6 +112,31 @@ class State:
                 self.timeout_seconds = float(command.get("seconds", 5))
             if "reject" in command:
                 self.reject = {e.lower() for e in command["reject"]}
+            if "latency_ms" in command:
+                self.latency = float(command["latency_ms"]) / 1000
+                self.jitter = float(command.get("jitter_ms", 0)) / 1000
+            if "max_in_flight" in command:
+                self.max_in_flight = int(command["max_in_flight"])
+
+    def enter(self) -> bool:
+        """A send arrives: False if it is one too many in flight (answer 429)."""
+        with self.lock:
+            if self.max_in_flight and self.in_flight >= self.max_in_flight:
+                self.over_capacity += 1
+                return False
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def answer_delay(self) -> float:
+        """Seconds this send takes to answer: the latency, jittered uniformly."""
+        if not self.latency and not self.jitter:
+            return 0.0
+        return max(0.0, self.latency + random.uniform(-self.jitter, self.jitter))
 
     def take_fault(self) -> tuple[int, float]:
         """(status to fail with or 0, seconds to stall) for the request now arriving."""
@@ -135,6 +183,8 @@ class State:
                 "unique_recipients": len(self.recipients),
                 "duplicates": sum(n - 1 for n in self.recipients.values() if n > 1),
                 "failures_served": self.failures_served,
+                "over_capacity": self.over_capacity,
+                "peak_in_flight": self.peak_in_flight,
             }
 
     def messages(self) -> list[dict]:
@@ -225,6 +275,22 @@ class Handler(BaseHTTPRequestHandler):
             self.state.control(json.loads(body or b"{}"))
             self._reply(200, {"ok": True})
             return
+        self._body_read = body
+        if not self.state.enter():
+            self.state.logged(429)
+            self._reply(429, {"message": "Too many requests in flight"}, {"Retry-After": "1"})
+            return
+        try:
+            # The provider's own work takes this long, whatever it answers.
+            delay = self.state.answer_delay()
+            if delay:
+                time.sleep(delay)
+            self._send()
+        finally:
+            self.state.leave()
+
+    def _send(self):
+        body = self._body_read
         status, stall = self.state.take_fault()
         if stall:
             # The client has given up by now; answer late and record nothing, as a
@@ -303,7 +369,7 @@ class Handler(BaseHTTPRequestHandler):
 class FakeESP(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 128
+    request_queue_size = 1024
 
     def handle_error(self, request, client_address):
         # A client that was killed (the fault test SIGKILLs workers) resets its socket;
@@ -313,9 +379,9 @@ class FakeESP(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
-    def __init__(self, port: int = 0, *, record: str = "full"):
+    def __init__(self, port: int = 0, *, record: str = "full", **behaviour):
         super().__init__(("127.0.0.1", port), Handler)
-        self.state = State(record)
+        self.state = State(record, **behaviour)
         self.thread: threading.Thread | None = None
 
     @property
@@ -340,9 +406,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8025)
     parser.add_argument("--record", choices=["full", "recipients", "count"], default="full")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="answer every send after")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="± this, uniformly")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=0, help="429 past this many sends at once (0: none)"
+    )
     args = parser.parse_args()
-    server = FakeESP(args.port, record=args.record)
-    print(f"fake ESP on {server.url} (record={args.record})", flush=True)
+    server = FakeESP(
+        args.port,
+        record=args.record,
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        max_in_flight=args.max_in_flight,
+    )
+    print(
+        f"fake ESP on {server.url} (record={args.record}, latency {args.latency_ms:g}"
+        f"±{args.jitter_ms:g} ms, max in flight {args.max_in_flight or 'unlimited'})",
+        flush=True,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
 

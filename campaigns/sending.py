@@ -2,8 +2,9 @@
 
 A chunk task claims its queued Delivery rows with one conditional UPDATE (a second
 task that loses the race claims nothing), drops contacts who are no longer subscribed,
-renders each message from the campaign's compiled skeleton, sends over one reused
-provider connection, and marks each row sent or failed. Counters move with F().
+renders each message from the campaign's compiled skeleton, sends with up to
+CAMPAIGN_SEND_CONCURRENCY provider calls in flight (each slot its own connection, see
+_Slots), and marks each row sent or failed. Counters move with F().
 
 Failure, in brief:
 - the provider says 429 / 5xx, times out or is unreachable: what was sent stays sent,
@@ -32,8 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -180,7 +183,10 @@ class ChunkResult:
     def provider_trouble(self, exc: BaseException, pks) -> None:
         """Note a transient failure of the send that carried the rows `pks`."""
         self.transient = _reason(exc)
-        self.retry_after = _retry_after(exc)
+        # Sends in flight together may each be told to wait: the longest wait stands.
+        asked = _retry_after(exc)
+        if asked is not None and (self.retry_after is None or asked > self.retry_after):
+            self.retry_after = asked
         if _unanswered(exc):
             self.unanswered.extend(pks)
 
@@ -333,71 +339,170 @@ def _message_id(message) -> str:
     return str(ids or "")[:200]
 
 
-def _send_per_message(rows, skeleton, sender, conn, guard, result: ChunkResult) -> list:
-    """Send one by one; return the rows not attempted (stopped or provider trouble)."""
-    # Refusals in a row that name no recipient and read the same: (index, pk, reason).
+class _Slots:
+    """CAMPAIGN_SEND_CONCURRENCY sends in flight at once, each slot a thread with its
+    own provider connection (an anymail backend's requests session, or one SMTP
+    connection), opened on its first send and closed with the chunk.
+
+    Only the sending happens in the slots: rendering, the rate limit, the checks and
+    every database write stay on the chunk's own thread, which hands a slot each
+    message and reads back its outcome. One slot sends inline, with no thread at all."""
+
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self._local = threading.local()
+        self._opened: list = []
+        self._lock = threading.Lock()
+        self._pool = (
+            ThreadPoolExecutor(self.size, thread_name_prefix="stillhere-send")
+            if self.size > 1
+            else None
+        )
+
+    def _send(self, message):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = get_connection(fail_silently=False)
+            with self._lock:
+                self._opened.append(conn)
+            conn.open()
+            self._local.conn = conn
+        conn.send_messages([message])
+
+    def submit(self, message) -> Future:
+        if self._pool is not None:
+            return self._pool.submit(self._send, message)
+        future: Future = Future()
+        try:
+            self._send(message)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        return future
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for conn in self._opened:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection must not mask the real error
+                logger.debug("closing the mail connection failed", exc_info=True)
+
+
+@dataclass
+class _Unit:
+    """One provider call in flight: a message to one row, or a batch to several."""
+
+    rows: list
+    message: object = None
+
+
+def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle) -> None:
+    """Send `units` with up to `slots.size` in flight, in order; `settle(unit, exc)`
+    reads each outcome on this thread as it arrives (exc None: sent).
+
+    Before each unit: the campaign must still be sending and our claim ours, and the
+    global rate limit (and any hold a 429 caused) must let it go. Once the provider is
+    in trouble, refuses the account, or the campaign stops, nothing new is handed out;
+    the sends already in flight are waited for and their outcomes kept, so the record
+    is exact whatever happens. An unexpected error is raised after that."""
+    pending: dict[Future, _Unit] = {}
+    errors: list[BaseException] = []
+
+    def harvest(block: bool) -> None:
+        if block:
+            done = wait(pending, return_when=FIRST_COMPLETED).done
+        else:
+            done = [future for future in pending if future.done()]
+        for future in done:
+            unit = pending.pop(future)
+            try:
+                settle(unit, future.exception())
+            except Exception as exc:
+                errors.append(exc)
+
+    for unit in units:
+        if pending:
+            harvest(block=len(pending) >= slots.size)
+        if errors or result.transient or result.halt:
+            break
+        if not guard.ok():
+            result.stopped = True
+            break
+        waited = ratelimit.throttle(
+            len(unit.rows), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+        )
+        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
+            result.stopped = True
+            break
+        unit.message = build(unit)
+        pending[slots.submit(unit.message)] = unit
+    while pending:
+        harvest(block=True)
+    if errors:
+        raise errors[0]
+
+
+def _send_per_message(rows, skeleton, sender, slots, guard, result: ChunkResult) -> None:
+    """Send one message per row, up to `slots.size` at once."""
+    # Refusals that name no recipient and read the same, as they arrive: (pk, reason).
     # Once one send goes through they were about their recipients; if every recipient of
     # the chunk gets one, the request or the account is wrong, and nobody is to blame.
     alike: list = []
 
-    def settle() -> None:
-        result.failed.extend((pk, reason) for _, pk, reason in alike)
+    def settle_alike() -> None:
+        result.failed.extend(alike)
         alike.clear()
 
-    for index, (pk, requeued, contact) in enumerate(rows):
-        if not guard.ok():
-            settle()
-            result.stopped = True
-            return rows[index:]
-        waited = ratelimit.throttle(
-            1, per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
-        )
-        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
-            settle()
-            result.stopped = True
-            return rows[index:]
-        message = _build_message(skeleton, contact, sender, guard.campaign_id)
-        try:
-            conn.send_messages([message])
-        except Exception as exc:
-            if is_transient(exc):
-                settle()
-                result.provider_trouble(exc, [pk])
-                return rows[index:]
-            if not isinstance(exc, AnymailError | smtplib.SMTPException):
-                raise
-            if is_setup_problem(exc):
-                result.halt = _reason(exc)
-                return rows[alike[0][0] if alike else index :]
-            reason = _reason(exc)
-            if is_refusal(exc) or _names_recipient(exc, contact.email):
-                settle()
-                result.failed.append((pk, reason))
-                continue
-            if alike and alike[-1][2] != reason:
-                settle()
-            alike.append((index, pk, reason))
-            if len(alike) >= SAME_REFUSAL_LIMIT:
-                result.halt = reason
-                return rows[alike[0][0] :]
-            continue
-        settle()
-        status = getattr(message, "anymail_status", None)
-        recipient = status.recipients.get(contact.email) if status else None
-        if recipient is not None and recipient.status in {"rejected", "invalid"}:
-            result.failed.append((pk, f"Provider {recipient.status} the recipient"))
-            continue
-        result.sent.append((pk, _message_id(message)))
-        result.duplicates += bool(requeued)
+    def build(unit: _Unit):
+        return _build_message(skeleton, unit.rows[0][2], sender, guard.campaign_id)
+
+    def settle(unit: _Unit, exc: BaseException | None) -> None:
+        pk, requeued, contact = unit.rows[0]
+        if exc is None:
+            settle_alike()
+            status = getattr(unit.message, "anymail_status", None)
+            recipient = status.recipients.get(contact.email) if status else None
+            if recipient is not None and recipient.status in {"rejected", "invalid"}:
+                result.failed.append((pk, f"Provider {recipient.status} the recipient"))
+                return
+            result.sent.append((pk, _message_id(unit.message)))
+            result.duplicates += bool(requeued)
+            return
+        if is_transient(exc):
+            settle_alike()
+            result.provider_trouble(exc, [pk])
+            return
+        if not isinstance(exc, AnymailError | smtplib.SMTPException):
+            raise exc
+        if is_setup_problem(exc):
+            result.halt = _reason(exc)
+            return
+        reason = _reason(exc)
+        if is_refusal(exc) or _names_recipient(exc, contact.email):
+            settle_alike()
+            result.failed.append((pk, reason))
+            return
+        if alike and alike[-1][1] != reason:
+            settle_alike()
+        alike.append((pk, reason))
+        if len(alike) >= SAME_REFUSAL_LIMIT:
+            result.halt = reason
+
+    _fly([_Unit([row]) for row in rows], slots, guard, sender, result, build, settle)
+    if result.halt or result.stopped:
+        return  # the refusals still alike are given back with the rest
     if len(alike) == len(rows) >= 2:
-        result.halt = alike[0][2]
-        return rows
-    settle()
-    return []
+        result.halt = alike[0][1]
+        return
+    settle_alike()
 
 
-def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeholder) -> list:
-    """Send in provider batches with per-recipient merge data and headers."""
+def _send_batch(rows, skeleton, sender, slots, guard, result: ChunkResult, placeholder) -> None:
+    """Send in provider batches with per-recipient merge data and headers, up to
+    `slots.size` batch calls at once."""
     size = settings.CAMPAIGN_BATCH_SIZE
     if sender.rate_per_second:
         # A batch leaves in one burst: keep each within one second's allowance.
@@ -409,21 +514,12 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
     slot_values = skeleton.slot_values
     # unsubscribe_headers()' List-Unsubscribe, with its mailto tail worked out once.
     mailto = unsubscribe_headers("")["List-Unsubscribe"].removeprefix("<>")
-    start = 0
-    while start < len(rows):
-        if not guard.ok():
-            result.stopped = True
-            return rows[start:]
-        batch = rows[start : start + size]
-        waited = ratelimit.throttle(
-            len(batch), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
-        )
-        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
-            result.stopped = True
-            return rows[start:]
+    refused: list = []  # rows of batches the provider refused as a whole
+
+    def build(unit: _Unit):
         merge_data = {}
         merge_headers = {}
-        for _pk, _requeued, contact in batch:
+        for _pk, _requeued, contact in unit.rows:
             values, unsubscribe, _preferences = slot_values(contact, sender)
             email = contact.email
             merge_data[email] = dict(zip(keys, values, strict=False))
@@ -432,7 +528,7 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
             subject=subject,
             body=text,
             from_email=skeleton.from_email,
-            to=[contact.email for _, _, contact in batch],
+            to=[contact.email for _, _, contact in unit.rows],
             reply_to=skeleton.reply_to,
             headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
             merge_data=merge_data,
@@ -441,37 +537,42 @@ def _send_batch(rows, skeleton, sender, conn, guard, result: ChunkResult, placeh
             metadata={"campaign": str(guard.campaign_id)},
         )
         message.attach_alternative(html, "text/html")
-        try:
-            conn.send_messages([message])
-        except Exception as exc:
-            if is_transient(exc):
-                result.provider_trouble(exc, [pk for pk, _, _ in batch])
-                return rows[start:]
-            if not isinstance(exc, AnymailError):
-                raise
-            if is_setup_problem(exc):
-                result.halt = _reason(exc)
-                return rows[start:]
-            # One bad address fails a whole Mailgun batch with a 400: send this batch
-            # one by one, so only the recipient the provider refuses is marked failed.
-            logger.info("Batch refused (%s); sending it message by message", _reason(exc))
-            rest = _send_per_message(batch, skeleton, sender, conn, guard, result)
-            if rest:
-                return rest + rows[start + size :]
-            start += size
-            continue
-        status = message.anymail_status
-        fallback_id = _message_id(message)
-        for pk, requeued, contact in batch:
-            recipient = status.recipients.get(contact.email)
-            if recipient is not None and recipient.status in {"rejected", "invalid"}:
-                result.failed.append((pk, f"Provider {recipient.status} the recipient"))
-                continue
-            mid = str(recipient.message_id) if recipient and recipient.message_id else fallback_id
-            result.sent.append((pk, mid[:200]))
-            result.duplicates += bool(requeued)
-        start += size
-    return []
+        return message
+
+    def settle(unit: _Unit, exc: BaseException | None) -> None:
+        if exc is None:
+            status = unit.message.anymail_status
+            fallback_id = _message_id(unit.message)
+            for pk, requeued, contact in unit.rows:
+                recipient = status.recipients.get(contact.email)
+                if recipient is not None and recipient.status in {"rejected", "invalid"}:
+                    result.failed.append((pk, f"Provider {recipient.status} the recipient"))
+                    continue
+                mid = (
+                    str(recipient.message_id)
+                    if recipient and recipient.message_id
+                    else fallback_id
+                )
+                result.sent.append((pk, mid[:200]))
+                result.duplicates += bool(requeued)
+            return
+        if is_transient(exc):
+            result.provider_trouble(exc, [pk for pk, _, _ in unit.rows])
+            return
+        if not isinstance(exc, AnymailError):
+            raise exc
+        if is_setup_problem(exc):
+            result.halt = _reason(exc)
+            return
+        # One bad address fails a whole Mailgun batch with a 400: this batch goes again
+        # one by one, so only the recipient the provider refuses is marked failed.
+        logger.info("Batch refused (%s); sending it message by message", _reason(exc))
+        refused.extend(unit.rows)
+
+    units = [_Unit(rows[start : start + size]) for start in range(0, len(rows), size)]
+    _fly(units, slots, guard, sender, result, build, settle)
+    if refused and not (result.transient or result.halt or result.stopped):
+        _send_per_message(refused, skeleton, sender, slots, guard, result)
 
 
 @dataclass
@@ -586,20 +687,22 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
     guard = _Guard(campaign_id, claimed, token)
     unsent: list = []
     if live:
-        conn = get_connection(fail_silently=False)
+        slots = _Slots(settings.CAMPAIGN_SEND_CONCURRENCY)
         try:
-            conn.open()
             placeholder = (
                 _placeholder_style(settings.EMAIL_BACKEND)
                 if campaign.send_mode == Campaign.SendMode.BATCH
                 else None
             )
             if placeholder is not None:
-                unsent = _send_batch(live, skeleton, sender, conn, guard, result, placeholder)
+                _send_batch(live, skeleton, sender, slots, guard, result, placeholder)
             else:
-                unsent = _send_per_message(live, skeleton, sender, conn, guard, result)
+                _send_per_message(live, skeleton, sender, slots, guard, result)
+            # What has no outcome stays queued: not reached, or handed back.
+            decided = {pk for pk, _ in result.sent} | {pk for pk, _ in result.failed}
+            unsent = [row for row in live if row[0] not in decided]
         except Exception as exc:
-            # Open failed or something unexpected: record what went out, give the rest back.
+            # Something unexpected: record what went out, give the rest back.
             unsent = [None]
             if is_setup_problem(exc):  # no credentials, a sender the provider refuses
                 result.halt = _reason(exc)
@@ -610,10 +713,7 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
             else:
                 result.provider_trouble(exc, [])
         finally:
-            try:
-                conn.close()
-            except Exception:  # closing a broken connection must not mask the real error
-                logger.debug("closing the mail connection failed", exc_info=True)
+            slots.close()
 
     # The mail has gone: a brief database hiccup (SQLite's lock, a failover) must not
     # lose the record of it, or the sweeper would send the chunk again. The rows, the

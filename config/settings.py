@@ -210,10 +210,14 @@ CELERY_TASK_ROUTES = {
 }
 
 # --- Campaign sending ---------------------------------------------------------------
-# Recipients per chunk task (one claim, one provider connection, one counter update).
+# Recipients per chunk task (one claim, one counter update).
 CAMPAIGN_CHUNK_SIZE = env_int("CAMPAIGN_CHUNK_SIZE", 500, minimum=1)
 # Recipients per provider API call in batch mode (Mailgun takes at most 1000).
 CAMPAIGN_BATCH_SIZE = env_int("CAMPAIGN_BATCH_SIZE", 500, minimum=1)
+# Provider calls in flight at once per worker process, each on its own connection: per
+# message, messages; in batch mode, batch calls. A provider answers in 50-300 ms, so one
+# at a time is ~7 messages/s per worker (bench/blast.py measures it).
+CAMPAIGN_SEND_CONCURRENCY = env_int("CAMPAIGN_SEND_CONCURRENCY", 32, minimum=1)
 # A claim older than this belongs to a dead worker: the sweeper re-queues its rows.
 CAMPAIGN_CLAIM_TIMEOUT = env_int("CAMPAIGN_CLAIM_TIMEOUT", 300, minimum=5)
 # How often a chunk in flight looks for pause/cancel (seconds).

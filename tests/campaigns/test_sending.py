@@ -538,6 +538,9 @@ def test_recipients_rejected_side_by_side_fail_alone(celery_worker, esp, sender)
 @pytest.mark.worker
 def test_retry_after_holds_every_chunk_off_the_provider(celery_worker, esp, sender, settings):
     settings.CAMPAIGN_CHUNK_SIZE = 2
+    # One send at a time: with more slots, a send already in flight when the 429 comes
+    # back still arrives (tests/campaigns/test_concurrency.py holds those to the rule).
+    settings.CAMPAIGN_SEND_CONCURRENCY = 1
     contacts = [ContactFactory() for _ in range(6)]
     esp.state.control({"fail_next": 1, "status": 429, "retry_after": 2})
     campaign = services.campaign_start(campaign=_campaign())
