@@ -549,9 +549,7 @@ def _send_batch(rows, skeleton, sender, slots, guard, result: ChunkResult, place
                     result.failed.append((pk, f"Provider {recipient.status} the recipient"))
                     continue
                 mid = (
-                    str(recipient.message_id)
-                    if recipient and recipient.message_id
-                    else fallback_id
+                    str(recipient.message_id) if recipient and recipient.message_id else fallback_id
                 )
                 result.sent.append((pk, mid[:200]))
                 result.duplicates += bool(requeued)
