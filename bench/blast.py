@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +54,8 @@ def _configure_env(args, port: int) -> dict:
         "EMAIL_API_KEY": "key-bench",
         "EMAIL_API_URL": f"http://127.0.0.1:{port}/v3",
         "MAILGUN_SENDER_DOMAIN": "mg.shop.example",
+        # The tracking webhook is mounted with the provider, and must have its key.
+        "MAILGUN_WEBHOOK_SIGNING_KEY": "bench-signing-key",
         "LOG_LEVEL": "WARNING",
     }
     # The product's defaults unless asked otherwise: that is what a user gets.
@@ -59,6 +63,8 @@ def _configure_env(args, port: int) -> dict:
         env["CAMPAIGN_CHUNK_SIZE"] = str(args.chunk_size)
     if args.batch_size:
         env["CAMPAIGN_BATCH_SIZE"] = str(args.batch_size)
+    if args.concurrency:
+        env["CAMPAIGN_SEND_CONCURRENCY"] = str(args.concurrency)
     os.environ.update(env)
     return {**os.environ, **env}
 
@@ -188,7 +194,20 @@ def _stop(procs) -> None:
             proc.kill()
 
 
-def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
+def _esp(url: str, command: dict | None = None) -> dict:
+    """Tell the fake provider something (POST /_control), or read its stats."""
+    import json
+    import urllib.request
+
+    if command is not None:
+        request = urllib.request.Request(
+            f"{url}/_control", data=json.dumps(command).encode(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+    return json.loads(urllib.request.urlopen(f"{url}/_stats", timeout=10).read())
+
+
+def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None, esp_url="") -> dict:
     from django.db import connection
 
     from campaigns import services
@@ -198,6 +217,7 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE campaigns_delivery, campaigns_deliverychunk")
     app.control.purge()
+    _esp(esp_url, {"reset": True})
     workers = _start_workers(k, env)
     # Let them connect and import everything before the clock starts (and before their
     # CPU counter is read: start-up is not per-message work). A fixed sleep was too
@@ -227,19 +247,23 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None) -> dict:
             f"campaign ended {campaign.status} with {campaign.sent_count}/{n} sent: "
             f"{campaign.status_reason}"
         )
+    stats = _esp(esp_url)
     return {
         "elapsed": elapsed,
         "rate": n / elapsed,
+        "cpu_us": cpu / n * 1e6,
+        "duplicates": stats["duplicates"],
+        "missed": n - stats["unique_recipients"],
+        "over_capacity": stats["over_capacity"],
         "rss": rss,
         "snapshot": snapshot,
-        "cpu_us": cpu / n * 1e6,
     }
 
 
 # --- the floor: raw anymail, no database ------------------------------------------------
 
 
-def _floor_child(mode, share, pool_size, batch_size, barrier, out) -> None:
+def _floor_child(mode, share, pool_size, batch_size, slot_count, barrier, out) -> None:
     import django
 
     django.setup()
@@ -288,54 +312,84 @@ def _floor_child(mode, share, pool_size, batch_size, barrier, out) -> None:
                 headers=unsubscribe_headers(urls[UNSUBSCRIBE]),
             )
             message.attach_alternative(Skeleton.fill(skeleton.html, values), "text/html")
-            payloads.append(message)
-    conn = get_connection()
-    conn.open()
+            payloads.append((message, None, None, [contact.email]))
+    # The same number of connections as a worker's slots, each in its own thread, each
+    # taking the next send from one shared count.
+    lock = threading.Lock()
+    left = {"n": share, "i": 0}
+
+    def take_next():
+        with lock:
+            if left["n"] <= 0:
+                return None
+            item = payloads[left["i"] % len(payloads)]
+            take = min(len(item[3]), left["n"]) if mode == "batch" else 1
+            left["n"] -= take
+            left["i"] += 1
+            return item, take
+
+    def slot(ready) -> None:
+        conn = get_connection()
+        conn.open()
+        ready.wait()
+        while (job := take_next()) is not None:
+            item, take = job
+            if mode == "batch":
+                subject, text, html, to, merge_data, merge_headers = item
+                message = AnymailMessage(
+                    subject=subject,
+                    body=text,
+                    from_email=skeleton.from_email,
+                    to=to[:take],
+                    headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+                    merge_data=merge_data,
+                    merge_global_data={},
+                    merge_headers=merge_headers,
+                )
+                message.attach_alternative(html, "text/html")
+                conn.send_messages([message])
+            else:
+                conn.send_messages([item[0]])
+        conn.close()
+
+    ready = threading.Event()
+    threads = [threading.Thread(target=slot, args=(ready,)) for _ in range(slot_count)]
+    for thread in threads:
+        thread.start()
     barrier.wait()
     started = time.time()
     cpu_started = time.process_time()
-    sent = 0
-    i = 0
-    while sent < share:
-        if mode == "batch":
-            subject, text, html, to, merge_data, merge_headers = payloads[i % len(payloads)]
-            take = min(len(to), share - sent)
-            message = AnymailMessage(
-                subject=subject,
-                body=text,
-                from_email=skeleton.from_email,
-                to=to[:take],
-                headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-                merge_data=merge_data,
-                merge_global_data={},
-                merge_headers=merge_headers,
-            )
-            message.attach_alternative(html, "text/html")
-            conn.send_messages([message])
-            sent += take
-        else:
-            conn.send_messages([payloads[i % len(payloads)]])
-            sent += 1
-        i += 1
+    ready.set()
+    for thread in threads:
+        thread.join()
     finished = time.time()
     cpu = time.process_time() - cpu_started
-    conn.close()
-    out.put((started, finished, sent, cpu))
+    out.put((started, finished, share, cpu))
 
 
-def _run_floor(mode: str, n: int, k: int, batch_size: int) -> dict:
+def _run_floor(mode: str, n: int, k: int, batch_size: int, connections: int) -> dict:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(k)
     out = ctx.Queue()
     shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
     pool = 20 * batch_size if mode == "batch" else 2000
     procs = [
-        ctx.Process(target=_floor_child, args=(mode, share, pool, batch_size, barrier, out))
+        ctx.Process(
+            target=_floor_child,
+            args=(mode, share, pool, batch_size, connections, barrier, out),
+        )
         for share in shares
     ]
     for proc in procs:
         proc.start()
-    results = [out.get() for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise SystemExit(f"a floor process died (exit {dead[0]}); see above") from None
     for proc in procs:
         proc.join()
     started = min(r[0] for r in results)
@@ -351,11 +405,28 @@ def _print(mode: str, n: int, blast: dict, floor: dict, label: str) -> None:
     print(
         f"{mode:>11} {label}: N={n:,}  blast {blast['elapsed']:.1f} s = {blast['rate']:,.0f}/s "
         f"(snapshot {blast['snapshot']:.1f} s)  |  floor {floor['elapsed']:.1f} s = "
-        f"{floor['rate']:,.0f}/s  |  ratio {blast['rate'] / floor['rate']:.0%}  |  "
-        f"client CPU/msg: workers {blast['cpu_us']:.0f} µs, floor {floor['cpu_us']:.0f} µs  |  "
-        f"worker peak RSS MB: {rss}  |  load {os.getloadavg()[0]:.1f}",
+        f"{floor['rate']:,.0f}/s  |  ratio {blast['rate'] / floor['rate']:.2f}  |  "
+        f"duplicates {blast['duplicates']}, missed {blast['missed']}, 429s "
+        f"{blast['over_capacity']}  |  client CPU/msg: workers {blast['cpu_us']:.0f} µs, "
+        f"floor {floor['cpu_us']:.0f} µs  |  worker peak RSS MB: {rss}  |  "
+        f"load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+
+
+def _latencies(text: str) -> list[tuple[float, float]]:
+    """ "0:0,50:15,150:50" -> [(0, 0), (50, 15), (150, 50)] (milliseconds, ± jitter)."""
+    out = []
+    for part in text.split(","):
+        latency, _, jitter = part.partition(":")
+        out.append((float(latency), float(jitter or 0)))
+    return out
+
+
+def _check(failures: list, ok: bool, text: str) -> None:
+    print(f"  {'ok  ' if ok else 'MISS'} {text}", flush=True)
+    if not ok:
+        failures.append(text)
 
 
 def main() -> None:
@@ -367,11 +438,26 @@ def main() -> None:
         default=50_000,
         help="recipients for the per-message run (the first M contacts)",
     )
+    parser.add_argument(
+        "--peer-contacts",
+        type=int,
+        default=5_000,
+        help="mails django-post-office sends per peer row (0: no peer rows)",
+    )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--latencies",
+        default="0:0,50:15,150:50",
+        help="the fake provider's answer time, ms:jitter_ms, comma-separated",
+    )
+    parser.add_argument("--max-in-flight", type=int, default=0, help="the fake's 429 cap (0: none)")
     parser.add_argument("--repeat", type=int, default=1, help="blast/floor pairs per mode")
-    parser.add_argument("--modes", default="batch,per_message")
+    parser.add_argument("--modes", default="per_message,batch")
     parser.add_argument("--chunk-size", type=int, help="default: CAMPAIGN_CHUNK_SIZE's default")
     parser.add_argument("--batch-size", type=int, help="default: CAMPAIGN_BATCH_SIZE's default")
+    parser.add_argument(
+        "--concurrency", type=int, help="default: CAMPAIGN_SEND_CONCURRENCY's default"
+    )
     parser.add_argument(
         "--database", default="postgres://postgres@127.0.0.1:5432/stillhere_bench_send"
     )
@@ -380,14 +466,11 @@ def main() -> None:
 
     port = _free_port()
     env = _configure_env(args, port)
+    esp_url = f"http://127.0.0.1:{port}"
     esp = subprocess.Popen(
         [
-            sys.executable,
-            str(ROOT / "bench" / "fake_esp.py"),
-            "--port",
-            str(port),
-            "--record",
-            "count",
+            *(sys.executable, str(ROOT / "bench" / "fake_esp.py"), "--port", str(port)),
+            *("--record", "recipients", "--max-in-flight", str(args.max_in_flight)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -407,6 +490,7 @@ def main() -> None:
     args.chunk_size = settings.CAMPAIGN_CHUNK_SIZE
     # A batch never spans two chunks: the floor sends batches of the size the worker can.
     args.batch_size = min(settings.CAMPAIGN_BATCH_SIZE, args.chunk_size)
+    slots = settings.CAMPAIGN_SEND_CONCURRENCY
 
     call_command("migrate", verbosity=0)
     SenderSettings.objects.update_or_create(
@@ -424,28 +508,102 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"machine: {os.cpu_count()} cores, load {load:.2f} at start; "
-        f"workers: {args.workers} (celery --pool solo); chunk {args.chunk_size}, "
-        f"batch {args.batch_size}; fake Mailgun on loopback port {port}"
+        f"workers: {args.workers} (celery --pool solo), {slots} send slots each; "
+        f"chunk {args.chunk_size}, batch {args.batch_size}; fake Mailgun on loopback port "
+        f"{port}, 429 past {args.max_in_flight or 'no cap on'} sends in flight"
     )
 
+    results: dict = {}
     try:
-        for mode in args.modes.split(","):
-            n = args.contacts if mode == "batch" else min(args.per_message_contacts, args.contacts)
-            tag = _tag_first(n) if n < args.contacts else None
-            blasts, floors = [], []
-            for attempt in range(args.repeat):
-                # Alternate, so a neighbour's burst of load hits both sides alike.
-                blasts.append(_run_campaign(mode, n, args.workers, env, tag))
-                floors.append(_run_floor(mode, n, args.workers, args.batch_size))
-                _print(mode, n, blasts[-1], floors[-1], f"run {attempt + 1}/{args.repeat}")
-            if args.repeat > 1:
+        for latency, jitter in _latencies(args.latencies):
+            _esp(esp_url, {"latency_ms": latency, "jitter_ms": jitter})
+            print(f"--- provider latency {latency:g} ± {jitter:g} ms", flush=True)
+            for mode in args.modes.split(","):
+                n = (
+                    args.contacts
+                    if mode == "batch"
+                    else min(args.per_message_contacts, args.contacts)
+                )
+                tag = _tag_first(n) if n < args.contacts else None
+                # The floor uses as many connections as the workers keep calls in flight:
+                # every slot per message; in batch mode, the batch calls a chunk holds.
+                batches = -(-args.chunk_size // args.batch_size)
+                connections = slots if mode != "batch" else min(slots, batches)
+                blasts, floors = [], []
+                for attempt in range(args.repeat):
+                    # Alternate, so a neighbour's burst of load hits both sides alike.
+                    blasts.append(_run_campaign(mode, n, args.workers, env, tag, esp_url))
+                    floors.append(_run_floor(mode, n, args.workers, args.batch_size, connections))
+                    _print(mode, n, blasts[-1], floors[-1], f"run {attempt + 1}/{args.repeat}")
                 best_blast = max(blasts, key=lambda r: r["rate"])
                 best_floor = max(floors, key=lambda r: r["rate"])
-                _print(mode, n, best_blast, best_floor, "best of each")
+                if args.repeat > 1:
+                    _print(mode, n, best_blast, best_floor, "best of each")
+                results[(latency, mode)] = (best_blast, best_floor, blasts)
+            if args.peer_contacts and "per_message" in args.modes:
+                from bench import postoffice_peer
+
+                for threads in (5, 10):
+                    peer = postoffice_peer.run(
+                        args.peer_contacts,
+                        threads=threads,
+                        processes=args.workers,
+                        esp_url=esp_url,
+                        database_url=args.database + "_postoffice",
+                    )
+                    results[(latency, f"post_office_{threads}")] = peer
+                    print(
+                        f"acceptance: django-post-office send_queued_mail, {args.workers} "
+                        f"processes x {threads} threads, N={args.peer_contacts:,}: "
+                        f"{peer['elapsed']:.1f} s = {peer['rate']:,.0f}/s "
+                        f"(sent {peer['sent']}, failed {peer['failed']})",
+                        flush=True,
+                    )
         print(f"load at end: {os.getloadavg()[0]:.2f}")
     finally:
         esp.terminate()
         esp.wait()
+    _targets(results, args)
+
+
+def _targets(results: dict, args) -> None:
+    """The issue's targets, each line ok or MISS; exit 2 if any is missed."""
+    failures: list = []
+    print("targets:")
+    for (latency, mode), value in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if mode.startswith("post_office"):
+            continue
+        blast, floor, runs = value
+        ratio = blast["rate"] / floor["rate"]
+        where = f"{mode} at {latency:g} ms"
+        _check(
+            failures,
+            all(r["duplicates"] == 0 and r["missed"] == 0 for r in runs),
+            f"{where}: 0 duplicates and 0 missed in every run",
+        )
+        _check(
+            failures,
+            max(max(r["rss"]) for r in runs) < 200,
+            f"{where}: worker peak RSS {max(max(r['rss']) for r in runs):.0f} MB < 200 MB",
+        )
+        if latency == 0:
+            share = 0.80 if mode == "per_message" else 0.63
+            _check(failures, ratio >= share, f"{where}: {ratio:.2f} of the floor ≥ {share}")
+        else:
+            _check(failures, ratio >= 0.8, f"{where}: {ratio:.2f} of the floor ≥ 0.8")
+        if mode == "per_message" and latency >= 150:
+            _check(failures, blast["rate"] >= 300, f"{where}: {blast['rate']:,.0f}/s ≥ 300/s")
+            peer = results.get((latency, "post_office_5"))
+            if peer:
+                times = blast["rate"] / peer["rate"]
+                _check(
+                    failures,
+                    times >= 2,
+                    f"{where}: {times:.1f}x django-post-office at its default 5 threads, ≥ 2x",
+                )
+    if failures:
+        print(f"{len(failures)} target(s) missed")
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":
