@@ -339,6 +339,16 @@ def _message_id(message) -> str:
     return str(ids or "")[:200]
 
 
+def slot_count(backend_path: str) -> int:
+    """Sends in flight for this backend: a provider (anymail's HTTP backends, SMTP) is
+    worth waiting on in parallel; a local backend (the quickstart's outbox, which writes
+    to the database, the console, Django's test backends) sends inline, one at a time."""
+    name = backend_path.lower()
+    if name.startswith("anymail.") or name == "django.core.mail.backends.smtp.emailbackend":
+        return settings.CAMPAIGN_SEND_CONCURRENCY
+    return 1
+
+
 class _Slots:
     """CAMPAIGN_SEND_CONCURRENCY sends in flight at once, each slot a thread with its
     own provider connection (an anymail backend's requests session, or one SMTP
@@ -685,7 +695,7 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
     guard = _Guard(campaign_id, claimed, token)
     unsent: list = []
     if live:
-        slots = _Slots(settings.CAMPAIGN_SEND_CONCURRENCY)
+        slots = _Slots(slot_count(settings.EMAIL_BACKEND))
         try:
             placeholder = (
                 _placeholder_style(settings.EMAIL_BACKEND)
