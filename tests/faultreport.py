@@ -229,6 +229,9 @@ FAULT_CLASSES = {
         "tests/campaigns/test_sending.py::test_retry_after_holds_every_chunk_off_the_provider",
         "tests/campaigns/test_sending.py::test_a_short_burst_of_provider_errors_does_not_pause",
     ],
+    "9 provider 429 storm on 2 workers x 8 slots": [
+        "tests/campaigns/test_concurrency.py::test_a_429_storm_holds_every_slot_of_every_worker",
+    ],
     "9 provider outage, resumed by itself": [
         "tests/campaigns/test_sending.py::test_a_provider_pause_resumes_by_itself",
     ],
