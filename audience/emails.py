@@ -46,7 +46,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, AnymailError):  # refused recipients, invalid address, unsupported…
         return False
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return False
+        return _refused_for_now(exc)
     if isinstance(exc, smtplib.SMTPResponseException):
         return 400 <= exc.smtp_code < 500
     return isinstance(exc, OSError | smtplib.SMTPException)
@@ -64,6 +64,21 @@ def is_setup_problem(exc: BaseException) -> bool:
 def is_refusal(exc: BaseException) -> bool:
     """The provider will never take mail for this recipient (sending again cannot help,
     and it says nothing about the other recipients)."""
-    return isinstance(
-        exc, AnymailRecipientsRefused | AnymailInvalidAddress | smtplib.SMTPRecipientsRefused
-    )
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return not _refused_for_now(exc)
+    return isinstance(exc, AnymailRecipientsRefused | AnymailInvalidAddress)
+
+
+def _refused_for_now(exc: smtplib.SMTPRecipientsRefused) -> bool:
+    """Every refusal a 4xx to RCPT TO (greylisting, "452 too many recipients", a relay's
+    rate limit): RFC 5321 §4.2.1's transient negative, so try again later."""
+    codes = [code for code, _message in exc.recipients.values()]
+    return bool(codes) and all(400 <= code < 500 for code in codes)
+
+
+def is_too_many(exc: BaseException) -> bool:
+    """The provider takes fewer requests at once than it was sent: an HTTP 429, or an
+    SMTP 421 (a relay closing the connection it cannot serve, often at connect)."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return exc.smtp_code == 421
+    return getattr(exc, "status_code", None) == 429

@@ -52,7 +52,7 @@ from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from audience.emails import is_refusal, is_setup_problem, is_transient
+from audience.emails import is_refusal, is_setup_problem, is_too_many, is_transient
 from audience.models import Contact
 from campaigns import ratelimit
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
@@ -179,10 +179,13 @@ class ChunkResult:
     # The provider refused the account or the request: pause, mark nobody failed.
     halt: str = ""
     stopped: bool = False
+    too_many: bool = False  # the provider answered 429 (or SMTP 421)
 
     def provider_trouble(self, exc: BaseException, pks) -> None:
         """Note a transient failure of the send that carried the rows `pks`."""
         self.transient = _reason(exc)
+        if is_too_many(exc):
+            self.too_many = True
         # Sends in flight together may each be told to wait: the longest wait stands.
         asked = _retry_after(exc)
         if asked is not None and (self.retry_after is None or asked > self.retry_after):
@@ -401,6 +404,49 @@ class _Slots:
                 logger.debug("closing the mail connection failed", exc_info=True)
 
 
+class _Window:
+    """How many sends this worker process keeps in flight: CAMPAIGN_SEND_CONCURRENCY at
+    most, halved when the provider answers 429 or an SMTP relay 421 (providers cap
+    concurrent requests per account, and it took fewer at once than were sent), then
+    grown back by one for each
+    window's worth of sends that go through, up to just below where the 429 came, and
+    beyond that only once every PROBE windows, in case the provider takes more again.
+    Without it, 32 slots against a provider that takes 5 at once spend their time in
+    429 holds (tests/campaigns/test_concurrency.py). Used on the chunk's thread only."""
+
+    PROBE = 50
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the full CAMPAIGN_SEND_CONCURRENCY (tests; a fresh process starts so)."""
+        self.size = 0
+        self.credit = 0
+        self.refused_at = 0  # the window when the provider last answered 429
+
+    def current(self, ceiling: int) -> int:
+        if not self.size or self.size > ceiling:
+            self.size = ceiling
+        return self.size
+
+    def shrink(self) -> None:
+        self.refused_at = self.size
+        self.size = max(1, self.size // 2)
+        self.credit = 0
+        logger.info("429 at %s sends in flight: now %s", self.refused_at, self.size)
+
+    def grow(self, ceiling: int) -> None:
+        self.credit += 1
+        needed = self.size if self.size + 1 < self.refused_at else self.size * self.PROBE
+        if self.credit >= needed:
+            self.credit = 0
+            self.size = min(ceiling, self.size + 1)
+
+
+_window = _Window()
+
+
 @dataclass
 class _Unit:
     """One provider call in flight: a message to one row, or a batch to several."""
@@ -420,35 +466,48 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
     is exact whatever happens. An unexpected error is raised after that."""
     pending: dict[Future, _Unit] = {}
     errors: list[BaseException] = []
+    shrunk = False
 
     def harvest(block: bool) -> None:
+        nonlocal shrunk
         if block:
             done = wait(pending, return_when=FIRST_COMPLETED).done
         else:
             done = [future for future in pending if future.done()]
         for future in done:
             unit = pending.pop(future)
+            exc = future.exception()
             try:
-                settle(unit, future.exception())
-            except Exception as exc:
-                errors.append(exc)
+                settle(unit, exc)
+            except Exception as error:
+                errors.append(error)
+            if exc is None:
+                _window.grow(slots.size)
+            elif result.too_many and not shrunk:
+                shrunk = True  # once per chunk: its other 429s came from the same burst
+                _window.shrink()
 
-    for unit in units:
-        if pending:
-            harvest(block=len(pending) >= slots.size)
-        if errors or result.transient or result.halt:
-            break
-        if not guard.ok():
-            result.stopped = True
-            break
-        waited = ratelimit.throttle(
-            len(unit.rows), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
-        )
-        if waited >= 1 and not guard.ok():  # a long hold: look again before sending
-            result.stopped = True
-            break
-        unit.message = build(unit)
-        pending[slots.submit(unit.message)] = unit
+    try:
+        for unit in units:
+            if pending:
+                harvest(block=len(pending) >= _window.current(slots.size))
+            if errors or result.transient or result.halt:
+                break
+            if not guard.ok():
+                result.stopped = True
+                break
+            waited = ratelimit.throttle(
+                len(unit.rows), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+            )
+            if waited >= 1 and not guard.ok():  # a long hold: look again before sending
+                result.stopped = True
+                break
+            unit.message = build(unit)
+            pending[slots.submit(unit.message)] = unit
+    except Exception as exc:
+        # A message that would not render, the database or Redis gone: the sends in
+        # flight are still waited for and recorded before the error goes up.
+        errors.append(exc)
     while pending:
         harvest(block=True)
     if errors:
@@ -472,7 +531,8 @@ def _send_per_message(rows, skeleton, sender, slots, guard, result: ChunkResult)
     def settle(unit: _Unit, exc: BaseException | None) -> None:
         pk, requeued, contact = unit.rows[0]
         if exc is None:
-            settle_alike()
+            if not result.halt:  # after a halt, the refusals alike are handed back
+                settle_alike()
             status = getattr(unit.message, "anymail_status", None)
             recipient = status.recipients.get(contact.email) if status else None
             if recipient is not None and recipient.status in {"rejected", "invalid"}:

@@ -33,6 +33,15 @@ def _fresh_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _full_send_window():
+    """A 429 in one test halves this process's sends in flight (campaigns.sending's
+    window); the next test starts from CAMPAIGN_SEND_CONCURRENCY again."""
+    from campaigns import sending
+
+    sending._window.reset()
+
+
 @pytest.fixture
 def site_url(settings):
     settings.SITE_URL = "http://testserver"

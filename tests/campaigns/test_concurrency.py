@@ -135,6 +135,56 @@ def test_batch_calls_of_one_chunk_go_out_concurrently(celery_worker, esp, sender
     _exact_counters(campaign, 500)
 
 
+def test_a_provider_that_takes_fewer_at_once_gets_fewer_at_once(
+    celery_worker, esp, sender, settings
+):
+    """Sixteen slots against a provider that answers 429 (Retry-After: 1) past 4 sends in
+    flight: the worker halves its window at each 429 and settles just under the cap,
+    so the campaign is sent in seconds with a few dozen 429s. Holding all 16 slots
+    would draw ~12 refusals and a one-second hold per round of 4 sends: hundreds of
+    429s and over a minute for 300 messages."""
+    n = 300
+    settings.CAMPAIGN_SEND_CONCURRENCY = 16
+    settings.CAMPAIGN_CHUNK_SIZE = 100
+    settings.CAMPAIGN_RETRY_BACKOFF = 0.2
+    settings.CAMPAIGN_MAX_RETRIES = 100
+    esp.state.control({"latency_ms": 40, "max_in_flight": 4})
+    emails = _recipients(n)
+    started = time.monotonic()
+    campaign = _start()
+    assert wait_for(lambda: _status(campaign) == SENT, timeout=60)
+    elapsed = time.monotonic() - started
+
+    stats = esp.state.stats()
+    assert 0 < stats["over_capacity"] <= 60, stats
+    assert elapsed < 30, f"{elapsed:.1f} s for {n} messages"
+    _everyone_once(esp, emails)
+    _exact_counters(campaign, n)
+    print(f"{stats['over_capacity']} 429s, {n} sent in {elapsed:.1f} s")
+
+
+def test_the_send_window_halves_at_a_429_and_grows_back_below_it():
+    from campaigns.sending import _Window
+
+    window = _Window()
+    assert window.current(16) == 16
+    window.shrink()
+    assert (window.current(16), window.refused_at) == (8, 16)
+    for _ in range(8):  # a window's worth of sends that went through: one more
+        window.grow(16)
+    assert window.current(16) == 9
+    for _ in range(9 + 10 + 11 + 12 + 13 + 14):
+        window.grow(16)
+    assert window.current(16) == 15  # just below where the provider refused
+    for _ in range(15 * _Window.PROBE - 1):
+        window.grow(16)
+    assert window.current(16) == 15  # probing past it only now and then
+    window.grow(16)
+    assert window.current(16) == 16
+    window.reset()
+    assert window.current(8) == 8
+
+
 def test_a_pause_stops_a_chunk_in_flight_within_the_status_check(
     celery_worker, esp, sender, settings
 ):

@@ -301,11 +301,6 @@ def test_smtp_relay_capping_connections_below_the_slots_loses_nobody(
     assert (campaign.sent_count, campaign.failed_count, campaign.duplicate_count) == (20, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sender bug: audience.emails.is_refusal() takes every smtplib.SMTPRecipientsRefused "
-    "as permanent, whatever its reply code, so a 4xx to RCPT TO marks the Delivery failed",
-)
 def test_smtp_temporary_refusal_of_a_recipient_is_retried_not_failed(relay, sender, settings):
     """Greylisting, or a relay's "452 too many recipients" / "450 rate limited", comes
     as a 4xx to RCPT TO (RFC 5321 §4.2.1: transient negative): try again later, do not
