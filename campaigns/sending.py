@@ -93,6 +93,7 @@ class TransientSendError(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
         self.progressed = progressed
+        self.chunk: int | None = None  # the chunk given back (chunk_send sets it)
 
 
 # --- provider capabilities ----------------------------------------------------------
@@ -180,6 +181,7 @@ class ChunkResult:
     halt: str = ""
     stopped: bool = False
     too_many: bool = False  # the provider answered 429 (or SMTP 421)
+    ran_ahead: list = field(default_factory=list)  # chunks the task sent after this one
 
     def provider_trouble(self, exc: BaseException, pks) -> None:
         """Note a transient failure of the send that carried the rows `pks`."""
@@ -455,7 +457,7 @@ class _Unit:
     message: object = None
 
 
-def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle) -> None:
+def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle, ahead=None):
     """Send `units` with up to `slots.size` in flight, in order; `settle(unit, exc)`
     reads each outcome on this thread as it arrives (exc None: sent).
 
@@ -463,7 +465,10 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
     global rate limit (and any hold a 429 caused) must let it go. Once the provider is
     in trouble, refuses the account, or the campaign stops, nothing new is handed out;
     the sends already in flight are waited for and their outcomes kept, so the record
-    is exact whatever happens. An unexpected error is raised after that."""
+    is exact whatever happens. An unexpected error is raised after that.
+
+    `ahead()`, if given, runs once every unit has been handed out, while the last of
+    them are still in flight: the next chunk is prepared then, not after."""
     pending: dict[Future, _Unit] = {}
     errors: list[BaseException] = []
     shrunk = False
@@ -502,8 +507,12 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
             if waited >= 1 and not guard.ok():  # a long hold: look again before sending
                 result.stopped = True
                 break
-            unit.message = build(unit)
+            if unit.message is None:
+                unit.message = build(unit)
             pending[slots.submit(unit.message)] = unit
+        else:
+            if ahead is not None:
+                ahead()
     except Exception as exc:
         # A message that would not render, the database or Redis gone: the sends in
         # flight are still waited for and recorded before the error goes up.
@@ -514,8 +523,81 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
         raise errors[0]
 
 
-def _send_per_message(rows, skeleton, sender, slots, guard, result: ChunkResult) -> None:
-    """Send one message per row, up to `slots.size` at once."""
+class _Plan:
+    """How one campaign's chunk becomes provider calls: a message per row, or batches
+    with per-recipient merge data (when the mode and the provider allow it)."""
+
+    def __init__(self, campaign, skeleton: Skeleton, sender):
+        self.campaign_id = campaign.pk
+        self.skeleton = skeleton
+        self.sender = sender
+        self.placeholder = (
+            _placeholder_style(settings.EMAIL_BACKEND)
+            if campaign.send_mode == Campaign.SendMode.BATCH
+            else None
+        )
+        if self.placeholder is None:
+            return
+        placeholder = self.placeholder
+        size = settings.CAMPAIGN_BATCH_SIZE
+        if sender.rate_per_second:
+            # A batch leaves in one burst: keep each within one second's allowance.
+            size = max(1, min(size, sender.rate_per_second))
+        self.size = size
+        self.subject = Skeleton.fill_placeholders(skeleton.subject, lambda k: placeholder(f"v{k}"))
+        self.text = Skeleton.fill_placeholders(skeleton.text, lambda k: placeholder(f"v{k}"))
+        self.html = Skeleton.fill_placeholders(skeleton.html, lambda k: placeholder(f"v{k}"))
+        self.keys = [f"v{k}" for k in range(len(skeleton.slots))]
+        # unsubscribe_headers()' List-Unsubscribe, with its mailto tail worked out once.
+        self.mailto = unsubscribe_headers("")["List-Unsubscribe"].removeprefix("<>")
+
+    @property
+    def batched(self) -> bool:
+        return self.placeholder is not None
+
+    def units(self, rows) -> list[_Unit]:
+        if not self.batched:
+            return [_Unit([row]) for row in rows]
+        return [_Unit(rows[start : start + self.size]) for start in range(0, len(rows), self.size)]
+
+    def build(self, unit: _Unit):
+        if not self.batched:
+            return self.build_one(unit)
+        merge_data = {}
+        merge_headers = {}
+        slot_values = self.skeleton.slot_values
+        for _pk, _requeued, contact in unit.rows:
+            values, unsubscribe, _preferences = slot_values(contact, self.sender)
+            email = contact.email
+            merge_data[email] = dict(zip(self.keys, values, strict=False))
+            merge_headers[email] = {"List-Unsubscribe": f"<{unsubscribe}>{self.mailto}"}
+        message = AnymailMessage(
+            subject=self.subject,
+            body=self.text,
+            from_email=self.skeleton.from_email,
+            to=[contact.email for _, _, contact in unit.rows],
+            reply_to=self.skeleton.reply_to,
+            headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+            merge_data=merge_data,
+            merge_global_data={},
+            merge_headers=merge_headers,
+            metadata={"campaign": str(self.campaign_id)},
+        )
+        message.attach_alternative(self.html, "text/html")
+        return message
+
+    def build_one(self, unit: _Unit):
+        return _build_message(self.skeleton, unit.rows[0][2], self.sender, self.campaign_id)
+
+    def send(self, units, slots, guard, result: ChunkResult, ahead=None) -> None:
+        if self.batched:
+            _send_batch(units, self, slots, guard, result, ahead)
+        else:
+            _send_per_message(units, self, slots, guard, result, ahead)
+
+
+def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult, ahead=None) -> None:
+    """Send one message per row, up to the send window at once."""
     # Refusals that name no recipient and read the same, as they arrive: (pk, reason).
     # Once one send goes through they were about their recipients; if every recipient of
     # the chunk gets one, the request or the account is wrong, and nobody is to blame.
@@ -524,9 +606,6 @@ def _send_per_message(rows, skeleton, sender, slots, guard, result: ChunkResult)
     def settle_alike() -> None:
         result.failed.extend(alike)
         alike.clear()
-
-    def build(unit: _Unit):
-        return _build_message(skeleton, unit.rows[0][2], sender, guard.campaign_id)
 
     def settle(unit: _Unit, exc: BaseException | None) -> None:
         pk, requeued, contact = unit.rows[0]
@@ -561,53 +640,19 @@ def _send_per_message(rows, skeleton, sender, slots, guard, result: ChunkResult)
         if len(alike) >= SAME_REFUSAL_LIMIT:
             result.halt = reason
 
-    _fly([_Unit([row]) for row in rows], slots, guard, sender, result, build, settle)
+    _fly(units, slots, guard, plan.sender, result, plan.build_one, settle, ahead)
     if result.halt or result.stopped:
         return  # the refusals still alike are given back with the rest
-    if len(alike) == len(rows) >= 2:
+    if len(alike) == len(units) >= 2:
         result.halt = alike[0][1]
         return
     settle_alike()
 
 
-def _send_batch(rows, skeleton, sender, slots, guard, result: ChunkResult, placeholder) -> None:
-    """Send in provider batches with per-recipient merge data and headers, up to
-    `slots.size` batch calls at once."""
-    size = settings.CAMPAIGN_BATCH_SIZE
-    if sender.rate_per_second:
-        # A batch leaves in one burst: keep each within one second's allowance.
-        size = max(1, min(size, sender.rate_per_second))
-    subject = Skeleton.fill_placeholders(skeleton.subject, lambda k: placeholder(f"v{k}"))
-    text = Skeleton.fill_placeholders(skeleton.text, lambda k: placeholder(f"v{k}"))
-    html = Skeleton.fill_placeholders(skeleton.html, lambda k: placeholder(f"v{k}"))
-    keys = [f"v{k}" for k in range(len(skeleton.slots))]
-    slot_values = skeleton.slot_values
-    # unsubscribe_headers()' List-Unsubscribe, with its mailto tail worked out once.
-    mailto = unsubscribe_headers("")["List-Unsubscribe"].removeprefix("<>")
+def _send_batch(units, plan: _Plan, slots, guard, result: ChunkResult, ahead=None) -> None:
+    """Send provider batches with per-recipient merge data and headers, up to the send
+    window of batch calls at once."""
     refused: list = []  # rows of batches the provider refused as a whole
-
-    def build(unit: _Unit):
-        merge_data = {}
-        merge_headers = {}
-        for _pk, _requeued, contact in unit.rows:
-            values, unsubscribe, _preferences = slot_values(contact, sender)
-            email = contact.email
-            merge_data[email] = dict(zip(keys, values, strict=False))
-            merge_headers[email] = {"List-Unsubscribe": f"<{unsubscribe}>{mailto}"}
-        message = AnymailMessage(
-            subject=subject,
-            body=text,
-            from_email=skeleton.from_email,
-            to=[contact.email for _, _, contact in unit.rows],
-            reply_to=skeleton.reply_to,
-            headers={"List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-            merge_data=merge_data,
-            merge_global_data={},
-            merge_headers=merge_headers,
-            metadata={"campaign": str(guard.campaign_id)},
-        )
-        message.attach_alternative(html, "text/html")
-        return message
 
     def settle(unit: _Unit, exc: BaseException | None) -> None:
         if exc is None:
@@ -637,10 +682,10 @@ def _send_batch(rows, skeleton, sender, slots, guard, result: ChunkResult, place
         logger.info("Batch refused (%s); sending it message by message", _reason(exc))
         refused.extend(unit.rows)
 
-    units = [_Unit(rows[start : start + size]) for start in range(0, len(rows), size)]
-    _fly(units, slots, guard, sender, result, build, settle)
+    _fly(units, slots, guard, plan.sender, result, plan.build, settle, ahead)
     if refused and not (result.transient or result.halt or result.stopped):
-        _send_per_message(refused, skeleton, sender, slots, guard, result)
+        one_by_one = [_Unit([row]) for row in refused]
+        _send_per_message(one_by_one, plan, slots, guard, result)
 
 
 @dataclass
@@ -729,20 +774,35 @@ def _mark_sent_many(campaign_id: int, chunk: int, sent: list, now) -> int:
     return len(objs)
 
 
-def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
-    """Send one chunk. Raises TransientSendError (after giving the chunk back to the
-    queue) when the provider should be tried again later."""
-    result = ChunkResult()
-    campaign = Campaign.objects.filter(pk=campaign_id).first()
-    if campaign is None or campaign.status != SENDING:
-        return result
+# A chunk task goes on to its campaign's next queued chunk for this long: that chunk is
+# claimed and its messages built while the last sends of the one before are in flight,
+# so the provider connections do not sit idle between chunks (bench/blast.py: batch mode
+# at 50 ms). It is sent only once the one before is recorded, so a killed worker still
+# costs at most one chunk's sends. Short, because a worker process runs one task at a
+# time: housekeeping (the signup drain, the sweep) waits behind it, and so does Celery's
+# warm shutdown.
+RUN_AHEAD_SECONDS = 2.0
+
+
+@dataclass
+class _Held:
+    """A chunk this task has claimed: its rows, and its calls if built ahead."""
+
+    number: int
+    claim: DeliveryChunk
+    token: str
+    live: list
+    result: ChunkResult
+    units: list | None = None
+
+
+def _take(campaign_id: int, number: int) -> _Held | None:
     token = uuid.uuid4().hex
-    claimed = _claim(campaign_id, chunk, token)
+    claimed = _claim(campaign_id, number, token)
     if claimed is None:
-        campaign_finish_if_done(campaign_id=campaign_id)
-        return result
-    rows = _queued_rows(campaign_id, chunk, claimed.requeued)
-    result.claimed = len(rows)
+        return None
+    rows = _queued_rows(campaign_id, number, claimed.requeued)
+    result = ChunkResult(claimed=len(rows))
     live = []
     for row in rows:
         if row[2].status == Contact.Status.SUBSCRIBED:
@@ -750,47 +810,125 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         else:
             # Unsubscribed, bounced or complained since the campaign started.
             result.skipped.append(row[0])
+    return _Held(number, claimed, token, live, result)
+
+
+def _take_next(campaign_id: int, after: int) -> _Held | None:
+    """Claim the campaign's next queued chunk after `after` (another worker's task may
+    be reaching for it too: the claim decides, and the loser's task does nothing)."""
+    numbers = (
+        DeliveryChunk.objects.filter(
+            campaign_id=campaign_id, status=ChunkStatus.QUEUED, number__gt=after
+        )
+        .order_by("number")
+        .values_list("number", flat=True)[:3]
+    )
+    for number in numbers:
+        held = _take(campaign_id, number)
+        if held is not None:
+            return held
+    return None
+
+
+def _give_back(campaign_id: int, held: _Held, countdown: float = 0.0) -> None:
+    """A chunk claimed ahead and never sent goes back to the queue, with a task of its
+    own: its first task may have come and gone while this one held it."""
+    from campaigns.tasks import send_chunk
+
+    if _release(held.claim, held.token, done=False):
+        send_chunk.apply_async((campaign_id, held.number), countdown=countdown)
+
+
+def chunk_send(*, campaign_id: int, chunk: int, run_ahead: float = 0.0) -> ChunkResult:
+    """Send one chunk, and with `run_ahead` seconds the campaign's next queued chunks
+    for about that long (RUN_AHEAD_SECONDS for the task). Raises TransientSendError
+    (after giving the chunk back to the queue; `exc.chunk` names it) when the provider
+    should be tried again later. Returns the first chunk's result; `ran_ahead` lists
+    the chunks sent after it."""
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != SENDING:
+        return ChunkResult()
+    held = _take(campaign_id, chunk)
+    if held is None:
+        campaign_finish_if_done(campaign_id=campaign_id)
+        return ChunkResult()
+    first = held.result
     sender = SenderSettings.load()
-    skeleton = compile_campaign(campaign, sender)
-    guard = _Guard(campaign_id, claimed, token)
+    plan = _Plan(campaign, compile_campaign(campaign, sender), sender)
+    slots = _Slots(slot_count(settings.EMAIL_BACKEND))
+    deadline = time.monotonic() + run_ahead
+    try:
+        while True:
+            taken: list[_Held] = []
+
+            def ahead(held=held, taken=taken) -> None:
+                if time.monotonic() >= deadline:
+                    return
+                following = _take_next(campaign_id, held.number)
+                if following is not None:
+                    taken.append(following)  # given back if anything below fails
+                    following.units = plan.units(following.live)
+                    for unit in following.units:
+                        unit.message = plan.build(unit)
+
+            try:
+                moved_on = _send_held(campaign_id, held, plan, slots, ahead if run_ahead else None)
+            except TransientSendError as exc:
+                exc.chunk = held.number
+                wait = max(backoff_seconds(0), exc.retry_after or 0.0)
+                for following in taken:
+                    _give_back(campaign_id, following, countdown=wait)
+                raise
+            except BaseException:
+                for following in taken:
+                    _give_back(campaign_id, following)
+                raise
+            if not taken:
+                return first
+            if not moved_on:  # paused, cancelled, or the claim was lost
+                _give_back(campaign_id, taken[0])
+                return first
+            held = taken[0]
+            first.ran_ahead.append(held.number)
+    finally:
+        slots.close()
+
+
+def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots, ahead) -> bool:
+    """Send a claimed chunk and record it; True if it is done (False: paused, halted or
+    stopped with rows left queued). Raises TransientSendError as chunk_send says."""
+    result = held.result
+    guard = _Guard(campaign_id, held.claim, held.token)
     unsent: list = []
-    if live:
-        slots = _Slots(slot_count(settings.EMAIL_BACKEND))
+    if held.live:
         try:
-            placeholder = (
-                _placeholder_style(settings.EMAIL_BACKEND)
-                if campaign.send_mode == Campaign.SendMode.BATCH
-                else None
-            )
-            if placeholder is not None:
-                _send_batch(live, skeleton, sender, slots, guard, result, placeholder)
-            else:
-                _send_per_message(live, skeleton, sender, slots, guard, result)
+            plan.send(held.units or plan.units(held.live), slots, guard, result, ahead)
             # What has no outcome stays queued: not reached, or handed back.
             decided = {pk for pk, _ in result.sent} | {pk for pk, _ in result.failed}
-            unsent = [row for row in live if row[0] not in decided]
+            unsent = [row for row in held.live if row[0] not in decided]
         except Exception as exc:
             # Something unexpected: record what went out, give the rest back.
             unsent = [None]
             if is_setup_problem(exc):  # no credentials, a sender the provider refuses
                 result.halt = _reason(exc)
             elif not is_transient(exc):
-                _count(campaign_id, result, _mark(campaign_id, chunk, result), failed_chunk=False)
-                _release(claimed, token, done=False)
+                marked = _mark(campaign_id, held.number, result)
+                _count(campaign_id, result, marked, failed_chunk=False)
+                _release(held.claim, held.token, done=False)
                 raise
             else:
                 result.provider_trouble(exc, [])
-        finally:
-            slots.close()
+    elif ahead is not None:
+        ahead()  # nobody here to send to: on to the next at once
 
     # The mail has gone: a brief database hiccup (SQLite's lock, a failover) must not
     # lose the record of it, or the sweeper would send the chunk again. The rows, the
     # counters and the chunk move together, in one transaction (one commit to wait for).
     def record() -> None:
-        marked = _mark(campaign_id, chunk, result)
+        marked = _mark(campaign_id, held.number, result)
         _count(campaign_id, result, marked, failed_chunk=bool(result.transient))
         # Rows not sent stay queued: giving the chunk back is all a retry or resume needs.
-        _release(claimed, token, done=not unsent)
+        _release(held.claim, held.token, done=not unsent)
 
     _patiently(record)
     if result.halt:
@@ -802,14 +940,15 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
             "campaign, then press Resume",
             said=result.halt,
         )
-        return result
+        return False
     if result.transient:
         raise TransientSendError(
             result.transient, retry_after=result.retry_after, progressed=bool(result.sent)
         )
-    if not unsent:
-        campaign_finish_if_done(campaign_id=campaign_id)
-    return result
+    if unsent:
+        return False
+    campaign_finish_if_done(campaign_id=campaign_id)
+    return True
 
 
 def _patiently(write, attempts: int = 5):
