@@ -93,7 +93,6 @@ class TransientSendError(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
         self.progressed = progressed
-        self.chunk: int | None = None  # the chunk given back (chunk_send sets it)
 
 
 # --- provider capabilities ----------------------------------------------------------
@@ -181,7 +180,6 @@ class ChunkResult:
     halt: str = ""
     stopped: bool = False
     too_many: bool = False  # the provider answered 429 (or SMTP 421)
-    ran_ahead: list = field(default_factory=list)  # chunks the task sent after this one
 
     def provider_trouble(self, exc: BaseException, pks) -> None:
         """Note a transient failure of the send that carried the rows `pks`."""
@@ -457,7 +455,7 @@ class _Unit:
     message: object = None
 
 
-def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle, ahead=None):
+def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle) -> None:
     """Send `units` with up to `slots.size` in flight, in order; `settle(unit, exc)`
     reads each outcome on this thread as it arrives (exc None: sent).
 
@@ -465,10 +463,7 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
     global rate limit (and any hold a 429 caused) must let it go. Once the provider is
     in trouble, refuses the account, or the campaign stops, nothing new is handed out;
     the sends already in flight are waited for and their outcomes kept, so the record
-    is exact whatever happens. An unexpected error is raised after that.
-
-    `ahead()`, if given, runs once every unit has been handed out, while the last of
-    them are still in flight: the next chunk is prepared then, not after."""
+    is exact whatever happens. An unexpected error is raised after that."""
     pending: dict[Future, _Unit] = {}
     errors: list[BaseException] = []
     shrunk = False
@@ -507,12 +502,8 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
             if waited >= 1 and not guard.ok():  # a long hold: look again before sending
                 result.stopped = True
                 break
-            if unit.message is None:
-                unit.message = build(unit)
+            unit.message = build(unit)
             pending[slots.submit(unit.message)] = unit
-        else:
-            if ahead is not None:
-                ahead()
     except Exception as exc:
         # A message that would not render, the database or Redis gone: the sends in
         # flight are still waited for and recorded before the error goes up.
@@ -589,14 +580,14 @@ class _Plan:
     def build_one(self, unit: _Unit):
         return _build_message(self.skeleton, unit.rows[0][2], self.sender, self.campaign_id)
 
-    def send(self, units, slots, guard, result: ChunkResult, ahead=None) -> None:
+    def send(self, units, slots, guard, result: ChunkResult) -> None:
         if self.batched:
-            _send_batch(units, self, slots, guard, result, ahead)
+            _send_batch(units, self, slots, guard, result)
         else:
-            _send_per_message(units, self, slots, guard, result, ahead)
+            _send_per_message(units, self, slots, guard, result)
 
 
-def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult, ahead=None) -> None:
+def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult) -> None:
     """Send one message per row, up to the send window at once."""
     # Refusals that name no recipient and read the same, as they arrive: (pk, reason).
     # Once one send goes through they were about their recipients; if every recipient of
@@ -640,7 +631,7 @@ def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult, ahe
         if len(alike) >= SAME_REFUSAL_LIMIT:
             result.halt = reason
 
-    _fly(units, slots, guard, plan.sender, result, plan.build_one, settle, ahead)
+    _fly(units, slots, guard, plan.sender, result, plan.build_one, settle)
     if result.halt or result.stopped:
         return  # the refusals still alike are given back with the rest
     if len(alike) == len(units) >= 2:
@@ -649,7 +640,7 @@ def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult, ahe
     settle_alike()
 
 
-def _send_batch(units, plan: _Plan, slots, guard, result: ChunkResult, ahead=None) -> None:
+def _send_batch(units, plan: _Plan, slots, guard, result: ChunkResult) -> None:
     """Send provider batches with per-recipient merge data and headers, up to the send
     window of batch calls at once."""
     refused: list = []  # rows of batches the provider refused as a whole
@@ -682,7 +673,7 @@ def _send_batch(units, plan: _Plan, slots, guard, result: ChunkResult, ahead=Non
         logger.info("Batch refused (%s); sending it message by message", _reason(exc))
         refused.extend(unit.rows)
 
-    _fly(units, slots, guard, plan.sender, result, plan.build, settle, ahead)
+    _fly(units, slots, guard, plan.sender, result, plan.build, settle)
     if refused and not (result.transient or result.halt or result.stopped):
         one_by_one = [_Unit([row]) for row in refused]
         _send_per_message(one_by_one, plan, slots, guard, result)
@@ -774,26 +765,15 @@ def _mark_sent_many(campaign_id: int, chunk: int, sent: list, now) -> int:
     return len(objs)
 
 
-# A chunk task goes on to its campaign's next queued chunk for this long: that chunk is
-# claimed and its messages built while the last sends of the one before are in flight,
-# so the provider connections do not sit idle between chunks (bench/blast.py: batch mode
-# at 50 ms). It is sent only once the one before is recorded, so a killed worker still
-# costs at most one chunk's sends. Short, because a worker process runs one task at a
-# time: housekeeping (the signup drain, the sweep) waits behind it, and so does Celery's
-# warm shutdown.
-RUN_AHEAD_SECONDS = 2.0
-
-
 @dataclass
 class _Held:
-    """A chunk this task has claimed: its rows, and its calls if built ahead."""
+    """A chunk this task has claimed, and its rows."""
 
     number: int
     claim: DeliveryChunk
     token: str
     live: list
     result: ChunkResult
-    units: list | None = None
 
 
 def _take(campaign_id: int, number: int) -> _Held | None:
@@ -813,38 +793,9 @@ def _take(campaign_id: int, number: int) -> _Held | None:
     return _Held(number, claimed, token, live, result)
 
 
-def _take_next(campaign_id: int, after: int) -> _Held | None:
-    """Claim the campaign's next queued chunk after `after` (another worker's task may
-    be reaching for it too: the claim decides, and the loser's task does nothing)."""
-    numbers = (
-        DeliveryChunk.objects.filter(
-            campaign_id=campaign_id, status=ChunkStatus.QUEUED, number__gt=after
-        )
-        .order_by("number")
-        .values_list("number", flat=True)[:3]
-    )
-    for number in numbers:
-        held = _take(campaign_id, number)
-        if held is not None:
-            return held
-    return None
-
-
-def _give_back(campaign_id: int, held: _Held, countdown: float = 0.0) -> None:
-    """A chunk claimed ahead and never sent goes back to the queue, with a task of its
-    own: its first task may have come and gone while this one held it."""
-    from campaigns.tasks import send_chunk
-
-    if _release(held.claim, held.token, done=False):
-        send_chunk.apply_async((campaign_id, held.number), countdown=countdown)
-
-
-def chunk_send(*, campaign_id: int, chunk: int, run_ahead: float = 0.0) -> ChunkResult:
-    """Send one chunk, and with `run_ahead` seconds the campaign's next queued chunks
-    for about that long (RUN_AHEAD_SECONDS for the task). Raises TransientSendError
-    (after giving the chunk back to the queue; `exc.chunk` names it) when the provider
-    should be tried again later. Returns the first chunk's result; `ran_ahead` lists
-    the chunks sent after it."""
+def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
+    """Send one chunk. Raises TransientSendError (after giving the chunk back to the
+    queue) when the provider should be tried again later."""
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != SENDING:
         return ChunkResult()
@@ -852,57 +803,24 @@ def chunk_send(*, campaign_id: int, chunk: int, run_ahead: float = 0.0) -> Chunk
     if held is None:
         campaign_finish_if_done(campaign_id=campaign_id)
         return ChunkResult()
-    first = held.result
     sender = SenderSettings.load()
     plan = _Plan(campaign, compile_campaign(campaign, sender), sender)
     slots = _Slots(slot_count(settings.EMAIL_BACKEND))
-    deadline = time.monotonic() + run_ahead
     try:
-        while True:
-            taken: list[_Held] = []
-
-            def ahead(held=held, taken=taken) -> None:
-                if time.monotonic() >= deadline:
-                    return
-                following = _take_next(campaign_id, held.number)
-                if following is not None:
-                    taken.append(following)  # given back if anything below fails
-                    following.units = plan.units(following.live)
-                    for unit in following.units:
-                        unit.message = plan.build(unit)
-
-            try:
-                moved_on = _send_held(campaign_id, held, plan, slots, ahead if run_ahead else None)
-            except TransientSendError as exc:
-                exc.chunk = held.number
-                wait = max(backoff_seconds(0), exc.retry_after or 0.0)
-                for following in taken:
-                    _give_back(campaign_id, following, countdown=wait)
-                raise
-            except BaseException:
-                for following in taken:
-                    _give_back(campaign_id, following)
-                raise
-            if not taken:
-                return first
-            if not moved_on:  # paused, cancelled, or the claim was lost
-                _give_back(campaign_id, taken[0])
-                return first
-            held = taken[0]
-            first.ran_ahead.append(held.number)
+        _send_held(campaign_id, held, plan, slots)
     finally:
         slots.close()
+    return held.result
 
 
-def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots, ahead) -> bool:
-    """Send a claimed chunk and record it; True if it is done (False: paused, halted or
-    stopped with rows left queued). Raises TransientSendError as chunk_send says."""
+def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots) -> None:
+    """Send a claimed chunk and record it. Raises TransientSendError as chunk_send says."""
     result = held.result
     guard = _Guard(campaign_id, held.claim, held.token)
     unsent: list = []
     if held.live:
         try:
-            plan.send(held.units or plan.units(held.live), slots, guard, result, ahead)
+            plan.send(plan.units(held.live), slots, guard, result)
             # What has no outcome stays queued: not reached, or handed back.
             decided = {pk for pk, _ in result.sent} | {pk for pk, _ in result.failed}
             unsent = [row for row in held.live if row[0] not in decided]
@@ -918,8 +836,6 @@ def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots, ahead)
                 raise
             else:
                 result.provider_trouble(exc, [])
-    elif ahead is not None:
-        ahead()  # nobody here to send to: on to the next at once
 
     # The mail has gone: a brief database hiccup (SQLite's lock, a failover) must not
     # lose the record of it, or the sweeper would send the chunk again. The rows, the
@@ -940,15 +856,13 @@ def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots, ahead)
             "campaign, then press Resume",
             said=result.halt,
         )
-        return False
+        return
     if result.transient:
         raise TransientSendError(
             result.transient, retry_after=result.retry_after, progressed=bool(result.sent)
         )
-    if unsent:
-        return False
-    campaign_finish_if_done(campaign_id=campaign_id)
-    return True
+    if not unsent:
+        campaign_finish_if_done(campaign_id=campaign_id)
 
 
 def _patiently(write, attempts: int = 5):

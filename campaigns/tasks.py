@@ -12,18 +12,11 @@ from campaigns import sending, services
 def send_chunk(self, campaign_id: int, chunk: int) -> dict:
     """Send one chunk of a campaign. Safe to run twice: rows are claimed before sending."""
     try:
-        result = sending.chunk_send(
-            campaign_id=campaign_id, chunk=chunk, run_ahead=sending.RUN_AHEAD_SECONDS
-        )
+        result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
     except sending.TransientSendError as exc:
-        # The trouble may have come in a chunk this task went on to: that one is retried
-        # by a task of its own, from its first retry.
-        own = exc.chunk in (None, chunk)
-        failed_chunk = chunk if own else exc.chunk
-        retries = self.request.retries if own else 0
         # A chunk that got some mail through before the trouble is not running out of
         # retries: at 30% errors a 500-message chunk would, one message per try.
-        exhausted = not exc.progressed and retries >= settings.CAMPAIGN_MAX_RETRIES
+        exhausted = not exc.progressed and self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
         failure = sending.chunk_failed(
             campaign_id=campaign_id,
             reason=str(exc),
@@ -33,17 +26,12 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
         if failure.paused or exhausted:
             # The rows are back in the queue; resume dispatches them again.
             return {"paused": True, "reason": str(exc)}
-        countdown = max(sending.backoff_seconds(retries), failure.wait)
-        if exc.progressed or not own:
-            send_chunk.apply_async((campaign_id, failed_chunk), countdown=countdown)
-            return {"retrying": failed_chunk, "reason": str(exc)}
+        countdown = max(sending.backoff_seconds(self.request.retries), failure.wait)
+        if exc.progressed:
+            send_chunk.apply_async((campaign_id, chunk), countdown=countdown)
+            return {"retrying": True, "reason": str(exc)}
         raise self.retry(exc=exc, countdown=countdown) from None
-    return {
-        "sent": len(result.sent),
-        "failed": len(result.failed),
-        "skipped": len(result.skipped),
-        "then": result.ran_ahead,
-    }
+    return {"sent": len(result.sent), "failed": len(result.failed), "skipped": len(result.skipped)}
 
 
 @shared_task(acks_late=True)
