@@ -79,6 +79,8 @@ def _refused_for_now(exc: smtplib.SMTPRecipientsRefused) -> bool:
 def is_too_many(exc: BaseException) -> bool:
     """The provider takes fewer requests at once than it was sent: an HTTP 429, or an
     SMTP 421 (a relay closing the connection it cannot serve, often at connect)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return any(code == 421 for code, _message in exc.recipients.values())
     if isinstance(exc, smtplib.SMTPResponseException):
         return exc.smtp_code == 421
     return getattr(exc, "status_code", None) == 429

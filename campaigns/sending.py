@@ -30,6 +30,7 @@ is never counted twice even if two tasks raced for a stale chunk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import smtplib
@@ -190,7 +191,7 @@ class ChunkResult:
         asked = _retry_after(exc)
         if asked is not None and (self.retry_after is None or asked > self.retry_after):
             self.retry_after = asked
-        if _unanswered(exc):
+        if _unanswered(exc) and not getattr(exc, "stillhere_unsent", False):
             self.unanswered.extend(pks)
 
 
@@ -378,12 +379,28 @@ class _Slots:
             conn = get_connection(fail_silently=False)
             with self._lock:
                 self._opened.append(conn)
-            conn.open()
+            try:
+                conn.open()
+            except Exception as exc:
+                exc.stillhere_unsent = True  # it never reached the provider
+                raise
             self._local.conn = conn
-        conn.send_messages([message])
+        try:
+            conn.send_messages([message])
+        except Exception as exc:
+            if not isinstance(exc, AnymailError):
+                # smtplib drops the connection on a 421 or a disconnect, and Django's
+                # backend would keep the dead one: this slot connects afresh next time.
+                # (Anymail's requests session reconnects by itself.)
+                self._local.conn = None
+                with contextlib.suppress(Exception):
+                    conn.close()
+            raise
 
-    def submit(self, message) -> Future:
-        if self._pool is not None:
+    def submit(self, message, *, inline: bool = False) -> Future:
+        """Hand `message` to a slot; `inline`: send it on this thread (a lone call, as a
+        batch-mode chunk's usually is, has nothing to overlap with)."""
+        if self._pool is not None and not inline:
             return self._pool.submit(self._send, message)
         future: Future = Future()
         try:
@@ -430,13 +447,14 @@ class _Window:
             self.size = ceiling
         return self.size
 
-    def shrink(self) -> None:
-        self.refused_at = self.size
+    def shrink(self, ceiling: int) -> None:
+        self.refused_at = self.current(ceiling)
         self.size = max(1, self.size // 2)
         self.credit = 0
         logger.info("429 at %s sends in flight: now %s", self.refused_at, self.size)
 
     def grow(self, ceiling: int) -> None:
+        self.current(ceiling)
         self.credit += 1
         needed = self.size if self.size + 1 < self.refused_at else self.size * self.PROBE
         if self.credit >= needed:
@@ -467,6 +485,7 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
     pending: dict[Future, _Unit] = {}
     errors: list[BaseException] = []
     shrunk = False
+    _window.current(slots.size)
 
     def harvest(block: bool) -> None:
         nonlocal shrunk
@@ -485,7 +504,7 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
                 _window.grow(slots.size)
             elif result.too_many and not shrunk:
                 shrunk = True  # once per chunk: its other 429s came from the same burst
-                _window.shrink()
+                _window.shrink(slots.size)
 
     try:
         for unit in units:
@@ -503,7 +522,12 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
                 result.stopped = True
                 break
             unit.message = build(unit)
-            pending[slots.submit(unit.message)] = unit
+            if pending:
+                # A send may have failed while this one was waited for or built.
+                harvest(block=False)
+                if errors or result.transient or result.halt:
+                    break
+            pending[slots.submit(unit.message, inline=len(units) == 1)] = unit
     except Exception as exc:
         # A message that would not render, the database or Redis gone: the sends in
         # flight are still waited for and recorded before the error goes up.
@@ -595,14 +619,15 @@ def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult) -> 
     alike: list = []
 
     def settle_alike() -> None:
+        if result.halt:  # the account or the request was refused: hand them back
+            return
         result.failed.extend(alike)
         alike.clear()
 
     def settle(unit: _Unit, exc: BaseException | None) -> None:
         pk, requeued, contact = unit.rows[0]
         if exc is None:
-            if not result.halt:  # after a halt, the refusals alike are handed back
-                settle_alike()
+            settle_alike()
             status = getattr(unit.message, "anymail_status", None)
             recipient = status.recipients.get(contact.email) if status else None
             if recipient is not None and recipient.status in {"rejected", "invalid"}:
@@ -799,12 +824,13 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != SENDING:
         return ChunkResult()
+    # Before the claim: a campaign that will not render leaves no chunk held.
+    sender = SenderSettings.load()
+    plan = _Plan(campaign, compile_campaign(campaign, sender), sender)
     held = _take(campaign_id, chunk)
     if held is None:
         campaign_finish_if_done(campaign_id=campaign_id)
         return ChunkResult()
-    sender = SenderSettings.load()
-    plan = _Plan(campaign, compile_campaign(campaign, sender), sender)
     slots = _Slots(slot_count(settings.EMAIL_BACKEND))
     try:
         _send_held(campaign_id, held, plan, slots)

@@ -166,9 +166,13 @@ def test_a_provider_that_takes_fewer_at_once_gets_fewer_at_once(
 def test_the_send_window_halves_at_a_429_and_grows_back_below_it():
     from campaigns.sending import _Window
 
+    fresh = _Window()
+    fresh.grow(16)  # a process's first send, before anything asked for its size
+    assert fresh.current(16) == 16
+
     window = _Window()
     assert window.current(16) == 16
-    window.shrink()
+    window.shrink(16)
     assert (window.current(16), window.refused_at) == (8, 16)
     for _ in range(8):  # a window's worth of sends that went through: one more
         window.grow(16)
