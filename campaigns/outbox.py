@@ -1,6 +1,14 @@
 """The quickstart's email backend: keeps every message in the database for the admin."""
 
+import time
+
 from django.core.mail.backends.base import BaseEmailBackend
+from django.db import OperationalError, transaction
+
+# SQLite answers "database table is locked" at once, without its busy timeout, while
+# another connection of a shared-cache database reads the table (the test suite's
+# in-memory database, with a worker thread sending): a moment later it is free.
+LOCKED_ATTEMPTS = 5
 
 
 class OutboxEmailBackend(BaseEmailBackend):
@@ -23,5 +31,13 @@ class OutboxEmailBackend(BaseEmailBackend):
                     headers={str(k): str(v) for k, v in message.extra_headers.items()},
                 )
             )
-        OutboxMessage.objects.bulk_create(rows)
+        for attempt in range(LOCKED_ATTEMPTS):
+            try:
+                with transaction.atomic():  # a savepoint inside a caller's transaction
+                    OutboxMessage.objects.bulk_create(rows)
+                break
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == LOCKED_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         return len(rows)
