@@ -24,7 +24,7 @@ from audience.models import Contact
 from bench.fake_esp import FakeESP
 from campaigns import ratelimit, services
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
-from tests.faults.workers import Database, start_worker, stop, worker_env
+from tests.faults.workers import Database, mailgun_worker_env, start_worker, stop
 from tests.polling import wait_for, while_locked
 
 pytestmark = pytest.mark.worker
@@ -248,16 +248,7 @@ class _Workers:
         self.app = app
         app.control.purge()
         self.tmp = Path(tempfile.mkdtemp(prefix="stillhere-concurrency-"))
-        environment = worker_env(
-            Database(self.tmp).url,
-            EMAIL_PROVIDER="mailgun",
-            EMAIL_API_KEY="key-test",
-            EMAIL_API_URL=f"{esp.url}/v3",
-            MAILGUN_SENDER_DOMAIN="mg.shop.example",
-            # The mounted tracking webhook must have its key, or the settings refuse to load.
-            MAILGUN_WEBHOOK_SIGNING_KEY="test-signing-key",
-            **{name: str(value) for name, value in env.items()},
-        )
+        environment = mailgun_worker_env(esp.url, Database(self.tmp).url, **env)
         self.procs: list[subprocess.Popen] = [
             start_worker(environment, self.tmp / f"worker{i}.log") for i in range(count)
         ]

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from audience.models import Contact
 from bench.fake_esp import FakeESP
 from campaigns import ratelimit, services
-from campaigns.models import Campaign, SenderSettings
+from campaigns.models import Campaign
 from campaigns.tasks import sweep_stale_claims
-from tests.faults.workers import Database, start_worker, stop, wait, worker_env
+from tests.faults.workers import Database, mailgun_worker_env, seed_blast, start_worker, stop, wait
 
 pytestmark = pytest.mark.worker
 
@@ -28,38 +27,6 @@ RECIPIENTS = 5000
 CHUNK = 500
 KILLS_AT = (1250, 2500, 3750)  # recipients the provider has seen when each worker dies
 CLAIM_TIMEOUT = 5
-
-
-def _worker_env(esp: FakeESP, database_url: str) -> dict:
-    return worker_env(
-        database_url,
-        EMAIL_PROVIDER="mailgun",
-        EMAIL_API_KEY="key-test",
-        EMAIL_API_URL=f"{esp.url}/v3",
-        MAILGUN_SENDER_DOMAIN="mg.shop.example",
-        # The mounted tracking webhook must have its key, or the settings refuse to load.
-        MAILGUN_WEBHOOK_SIGNING_KEY="test-signing-key",
-        CAMPAIGN_CHUNK_SIZE=str(CHUNK),
-        CAMPAIGN_CLAIM_TIMEOUT=str(CLAIM_TIMEOUT),
-        CAMPAIGN_RETRY_BACKOFF="0.2",
-    )
-
-
-def _seed() -> list[str]:
-    Contact.objects.bulk_create(
-        [Contact(email=f"r{i}@example.com", status="subscribed") for i in range(RECIPIENTS)]
-        + [Contact(email=f"u{i}@example.com", status="unsubscribed") for i in range(20)]
-        + [Contact(email=f"p{i}@example.com", status="pending") for i in range(20)]
-    )
-    SenderSettings.objects.update_or_create(
-        pk=1,
-        defaults={
-            "from_name": "Shop",
-            "from_email": "news@shop.example",
-            "postal_address": "1 Harbour Road",
-        },
-    )
-    return [f"r{i}@example.com" for i in range(RECIPIENTS)]
 
 
 def test_three_sigkilled_workers_cost_at_most_a_chunk_each_and_skip_nobody(
@@ -75,14 +42,20 @@ def test_three_sigkilled_workers_cost_at_most_a_chunk_each_and_skip_nobody(
     workers: list[subprocess.Popen] = []
     survived, lost, duplicates = 0, None, None
     try:
-        expected = _seed()
+        expected = seed_blast(RECIPIENTS)
         campaign = Campaign.objects.create(
             name="Blast", subject="We're still here", body="Hello {{ first_name }}"
         )
         campaign = services.campaign_start(campaign=campaign)  # queues 10 chunk tasks
         assert campaign.total_count == RECIPIENTS
         db.hand_over()
-        env = _worker_env(esp, db.url)
+        env = mailgun_worker_env(
+            esp.url,
+            db.url,
+            CAMPAIGN_CHUNK_SIZE=CHUNK,
+            CAMPAIGN_CLAIM_TIMEOUT=CLAIM_TIMEOUT,
+            CAMPAIGN_RETRY_BACKOFF=0.2,
+        )
 
         # Kill a worker in the middle of a chunk, three times over the blast.
         kills = []

@@ -32,6 +32,43 @@ def worker_env(database_url: str, **extra: str) -> dict:
     return env
 
 
+def mailgun_worker_env(esp_url: str, database_url: str, **extra) -> dict:
+    """A worker's environment sending through the fake Mailgun at `esp_url`
+    (bench/fake_esp.py); `extra` settings as values of any type."""
+    return worker_env(
+        database_url,
+        EMAIL_PROVIDER="mailgun",
+        EMAIL_API_KEY="key-test",
+        EMAIL_API_URL=f"{esp_url}/v3",
+        MAILGUN_SENDER_DOMAIN="mg.shop.example",
+        # The mounted tracking webhook must have its key, or the settings refuse to load.
+        MAILGUN_WEBHOOK_SIGNING_KEY="test-signing-key",
+        **{name: str(value) for name, value in extra.items()},
+    )
+
+
+def seed_blast(recipients: int) -> list[str]:
+    """`recipients` subscribed contacts (returned), 20 unsubscribed and 20 pending who
+    must never be mailed, and sender settings complete enough to send."""
+    from audience.models import Contact
+    from campaigns.models import SenderSettings
+
+    Contact.objects.bulk_create(
+        [Contact(email=f"r{i}@example.com", status="subscribed") for i in range(recipients)]
+        + [Contact(email=f"u{i}@example.com", status="unsubscribed") for i in range(20)]
+        + [Contact(email=f"p{i}@example.com", status="pending") for i in range(20)]
+    )
+    SenderSettings.objects.update_or_create(
+        pk=1,
+        defaults={
+            "from_name": "Shop",
+            "from_email": "news@shop.example",
+            "postal_address": "1 Harbour Road",
+        },
+    )
+    return [f"r{i}@example.com" for i in range(recipients)]
+
+
 def start_worker(env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
