@@ -156,7 +156,7 @@ def test_pause_holds_the_rest_and_resume_sends_everyone_once(celery_worker, esp,
     campaign = services.campaign_start(campaign=_campaign())
     assert _wait(lambda: esp.state.stats()["recipients"] >= 3)
 
-    services.campaign_pause(campaign=campaign, actor="owner")
+    while_locked(lambda: services.campaign_pause(campaign=campaign, actor="owner"))
     time.sleep(0.3)
     at_pause = esp.state.stats()["recipients"]
     time.sleep(1.5)
@@ -164,7 +164,7 @@ def test_pause_holds_the_rest_and_resume_sends_everyone_once(celery_worker, esp,
     assert _status(campaign) == Campaign.Status.PAUSED
     assert not DeliveryChunk.objects.filter(campaign=campaign, status="claimed").exists()
 
-    services.campaign_resume(campaign=campaign, actor="owner")
+    while_locked(lambda: services.campaign_resume(campaign=campaign, actor="owner"))
     assert _wait(lambda: _status(campaign) == Campaign.Status.SENT)
     assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
     assert set(esp.state.recipients.values()) == {1}
