@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from functools import lru_cache
 
@@ -8,7 +9,8 @@ from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
 
-from audience.models import Contact, FieldMode, SignupForm, SuppressedEmail
+from audience.models import Contact, FieldMode, Segment, SignupForm, SuppressedEmail
+from audience.segments import validate_rules
 from audience.services import clean_text, email_hash, normalize_email, normalize_phone
 
 _RENDER_SALT = "audience.render"
@@ -220,3 +222,42 @@ class ContactAdminForm(_FieldsMixin, forms.ModelForm):
                 "This address was erased at its owner's request; only its owner can sign up again."
             )
         return email
+
+
+# --- Segments (the admin's rule builder writes the JSON this field holds) ---------------
+
+
+class RulesField(forms.JSONField):
+    """The segment's rules as JSON; the admin page drives it with a rule builder."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "widget", forms.Textarea(attrs={"rows": 6, "cols": 80, "class": "vLargeTextField"})
+        )
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, str):
+            return value
+        return json.dumps(value if value is not None else [], indent=1)
+
+
+class SegmentAdminForm(forms.ModelForm):
+    rules = RulesField(
+        required=False,
+        help_text=(
+            'A list of rules such as {"field": "tag", "op": "has", "value": "VIP"}. '
+            "Use the rule builder above; this box is what it writes."
+        ),
+    )
+
+    class Meta:
+        model = Segment
+        fields = ["name", "match", "rules"]
+
+    def clean_rules(self):
+        rules = self.cleaned_data.get("rules")
+        if rules is None:
+            rules = []
+        validate_rules(rules)
+        return rules

@@ -355,3 +355,28 @@ class SignupDeferred(models.Model):
 
     def __str__(self) -> str:
         return f"Deferred signup {self.pk}"
+
+
+class Segment(models.Model):
+    """A named audience: rules combined with AND (all) or OR (any).
+
+    ``rules`` is a list of {"field": …, "op": …, "value": …}; audience.segments turns
+    it into a queryset, the one place the admin count, the export and the sender use.
+    Campaigns point at a segment (Campaign.segment); the table was campaigns_segment
+    until the segment moved here (migrations audience 0012, campaigns 0007).
+    """
+
+    class Match(models.TextChoices):
+        ALL = "all", "all rules (AND)"
+        ANY = "any", "any rule (OR)"
+
+    name = models.CharField(max_length=200, unique=True)
+    match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    rules = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 
 from django.contrib import admin, messages
@@ -14,16 +13,15 @@ from django.urls import path, reverse
 from django.utils.html import format_html, urlize
 from django.utils.safestring import mark_safe
 
-from audience.models import Contact, SignupForm, Tag
-from campaigns import segments
+from audience import segments
+from audience.models import Contact, Segment
 from campaigns.forms import (
     CampaignAdminForm,
     EmergencyForm,
     ScheduleForm,
-    SegmentAdminForm,
     TestSendForm,
 )
-from campaigns.models import Campaign, OutboxMessage, Segment, SenderSettings
+from campaigns.models import Campaign, OutboxMessage, SenderSettings
 from campaigns.starters import STARTERS
 
 logger = logging.getLogger(__name__)
@@ -105,79 +103,6 @@ class SenderSettingsAdmin(admin.ModelAdmin):
             self.message_user(request, "Sender settings saved.", messages.SUCCESS)
             return HttpResponseRedirect(target)
         return super().response_change(request, obj)
-
-
-# --- Segments -------------------------------------------------------------------------
-
-
-def _rule_vocabulary() -> dict:
-    """What the rule builder offers; lists are bounded so a big account stays fast."""
-    return {
-        "fields": {
-            key: {"label": spec.label, "ops": spec.ops, "value": spec.value}
-            for key, spec in segments.RULE_FIELDS.items()
-        },
-        "statuses": Contact.Status.choices,
-        "sources": Contact.Source.choices,
-        "tags": list(Tag.objects.values_list("name", flat=True)[:500]),
-        "forms": list(SignupForm.objects.values_list("pk", "name")[:500]),
-        "campaigns": list(Campaign.objects.order_by("-created_at").values_list("pk", "name")[:200]),
-    }
-
-
-@admin.register(Segment)
-class SegmentAdmin(admin.ModelAdmin):
-    form = SegmentAdminForm
-    list_display = ["name", "match", "rule_count", "created_at"]
-    search_fields = ["name"]
-    readonly_fields = ["recipients"]
-    change_form_template = "admin/campaigns/segment/change_form.html"
-
-    def get_fieldsets(self, request, obj=None):
-        first = ["name", "match", "recipients"] if obj else ["name", "match"]
-        return [
-            (None, {"fields": first}),
-            ("Rules as JSON", {"fields": ["rules"], "classes": ["collapse"]}),
-        ]
-
-    @admin.display(description="rules")
-    def rule_count(self, obj: Segment) -> int:
-        return len(obj.rules or [])
-
-    @admin.display(description="subscribed recipients now")
-    def recipients(self, obj: Segment) -> str:
-        return f"{segments.segment_count(obj):,}"
-
-    def get_urls(self):
-        return [
-            path(
-                "count/",
-                self.admin_site.admin_view(self.count_view),
-                name="campaigns_segment_count",
-            ),
-            *super().get_urls(),
-        ]
-
-    def count_view(self, request: HttpRequest) -> JsonResponse:
-        """Live count for rules being edited: GET ?match=all&rules=[…]."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        try:
-            rules = json.loads(request.GET.get("rules") or "[]")
-        except ValueError:
-            return JsonResponse({"errors": ["The rules are not valid JSON."]}, status=400)
-        try:
-            segments.validate_rules(rules)
-        except ValidationError as exc:
-            return JsonResponse({"errors": exc.messages}, status=400)
-        match = "any" if request.GET.get("match") == "any" else "all"
-        count = segments.subscribed_count(segments.contacts_matching(rules, match))
-        return JsonResponse({"count": count})
-
-    def render_change_form(self, request, context, *args, **kwargs):
-        context["rule_vocabulary"] = _rule_vocabulary()
-        context["count_url"] = reverse("admin:campaigns_segment_count")
-        return super().render_change_form(request, context, *args, **kwargs)
 
 
 # --- Campaigns ------------------------------------------------------------------------

@@ -6,5 +6,8 @@ class CampaignsConfig(AppConfig):
     verbose_name = "Campaigns"
 
     def ready(self) -> None:
-        # Connects the receiver for anymail's tracking webhooks.
-        from campaigns import feedback  # noqa: F401
+        # feedback connects the receiver for anymail's tracking webhooks.
+        from campaigns import feedback, segment_rules  # noqa: F401
+
+        # The audience's segment vocabulary gains the rules that read Delivery rows.
+        segment_rules.register()

@@ -1,56 +1,17 @@
-"""Forms of the campaign admin: segments, composing, test sends, scheduling, the blast."""
+"""Forms of the campaign admin: composing, test sends, scheduling, the blast."""
 
 from __future__ import annotations
-
-import json
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils import timezone
 
-from audience.models import Contact
-from campaigns.models import Campaign, Segment
-from campaigns.segments import validate_rules
+from audience.models import Contact, Segment
+from campaigns.models import Campaign
 from campaigns.starters import STARTERS
 
 MAX_TEST_ADDRESSES = 10
-
-
-class RulesField(forms.JSONField):
-    """The segment's rules as JSON; the admin page drives it with a rule builder."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault(
-            "widget", forms.Textarea(attrs={"rows": 6, "cols": 80, "class": "vLargeTextField"})
-        )
-        super().__init__(**kwargs)
-
-    def prepare_value(self, value):
-        if isinstance(value, str):
-            return value
-        return json.dumps(value if value is not None else [], indent=1)
-
-
-class SegmentAdminForm(forms.ModelForm):
-    rules = RulesField(
-        required=False,
-        help_text=(
-            'A list of rules such as {"field": "tag", "op": "has", "value": "VIP"}. '
-            "Use the rule builder above; this box is what it writes."
-        ),
-    )
-
-    class Meta:
-        model = Segment
-        fields = ["name", "match", "rules"]
-
-    def clean_rules(self):
-        rules = self.cleaned_data.get("rules")
-        if rules is None:
-            rules = []
-        validate_rules(rules)
-        return rules
 
 
 def _check_template(text: str) -> None:

@@ -57,29 +57,6 @@ class SenderSettings(models.Model):
         return obj
 
 
-class Segment(models.Model):
-    """A named audience: rules combined with AND (all) or OR (any).
-
-    ``rules`` is a list of {"field": …, "op": …, "value": …}; campaigns.segments turns
-    it into a queryset, the one place both the admin count and the sender use.
-    """
-
-    class Match(models.TextChoices):
-        ALL = "all", "all rules (AND)"
-        ANY = "any", "any rule (OR)"
-
-    name = models.CharField(max_length=200, unique=True)
-    match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
-    rules = models.JSONField(default=list, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -104,7 +81,7 @@ class Campaign(models.Model):
     preheader = models.CharField(max_length=300, blank=True)
     body = models.TextField(help_text="Markdown; raw HTML allowed. Merge fields: {{ first_name }}")
     audience = models.CharField(max_length=10, choices=Audience.choices, default=Audience.EVERYONE)
-    segment = models.ForeignKey(Segment, null=True, blank=True, on_delete=models.PROTECT)
+    segment = models.ForeignKey("audience.Segment", null=True, blank=True, on_delete=models.PROTECT)
     tags = models.ManyToManyField("audience.Tag", blank=True)
     send_mode = models.CharField(
         max_length=12, choices=SendMode.choices, default=SendMode.PER_MESSAGE

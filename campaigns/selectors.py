@@ -6,6 +6,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from audience.models import Contact
+from audience.segments import segment_contacts
 from campaigns.models import Campaign, SenderSettings
 
 
@@ -17,8 +18,6 @@ def campaign_recipients(campaign: Campaign) -> QuerySet[Contact]:
     """
     contacts = Contact.objects.filter(status=Contact.Status.SUBSCRIBED)
     if campaign.audience == Campaign.Audience.SEGMENT:
-        from campaigns.segments import segment_contacts
-
         if campaign.segment_id is None:
             return contacts.none()
         return contacts.filter(pk__in=segment_contacts(campaign.segment).values("pk"))

@@ -125,7 +125,7 @@ def test_export_page_follows_the_contact_list_filter(exporter):
 
 
 def test_export_of_a_segment(exporter):
-    from campaigns.models import Segment
+    from audience.models import Segment
 
     vip = TagFactory(name="vip")
     ContactFactory(email="in@example.com").tags.add(vip)

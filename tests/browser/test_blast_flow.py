@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from campaigns.models import Campaign, Segment, SenderSettings
+from audience.models import Segment
+from campaigns.models import Campaign, SenderSettings
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -128,7 +129,7 @@ def test_segment_rule_builder_writes_the_rules_and_counts_live(page, stillhere, 
         if i < 2:
             contact.tags.add(vip)
     _log_in(page, stillhere.url)
-    page.goto(stillhere.url + "/admin/campaigns/segment/add/")
+    page.goto(stillhere.url + "/admin/audience/segment/add/")
     page.fill("#id_name", "VIPs")
     expect(page.locator("#segment-count")).to_contain_text("Reaches 3 subscribed people")
     page.click("#add-rule")  # a "has tag" rule, with the first tag filled in

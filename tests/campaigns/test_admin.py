@@ -10,8 +10,8 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
-from audience.models import Contact
-from campaigns.models import Campaign, Delivery, Segment, SenderSettings
+from audience.models import Contact, Segment
+from campaigns.models import Campaign, Delivery, SenderSettings
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = pytest.mark.django_db
@@ -95,13 +95,13 @@ def test_sender_settings_save_returns_to_the_page_that_sent_us(admin_client, sen
 def test_segment_is_saved_with_valid_rules_and_shows_its_count(admin_client, audience):
     rules = [{"field": "tag", "op": "has", "value": "vip"}]
     response = admin_client.post(
-        reverse("admin:campaigns_segment_add"),
+        reverse("admin:audience_segment_add"),
         {"name": "VIPs", "match": "all", "rules": json.dumps(rules), "_continue": "1"},
     )
     assert response.status_code == 302, response.content.decode()
     segment = Segment.objects.get(name="VIPs")
     assert segment.rules == rules
-    page = admin_client.get(reverse("admin:campaigns_segment_change", args=[segment.pk]))
+    page = admin_client.get(reverse("admin:audience_segment_change", args=[segment.pk]))
     assert page.status_code == 200
     assert page.context["adminform"].form.instance == segment
     html = page.content.decode()
@@ -113,7 +113,7 @@ def test_segment_is_saved_with_valid_rules_and_shows_its_count(admin_client, aud
 def test_segment_with_bad_rules_is_refused_with_the_reason(admin_client):
     rules = [{"field": "tag", "op": "has", "value": "nobody-has-this"}]
     response = admin_client.post(
-        reverse("admin:campaigns_segment_add"),
+        reverse("admin:audience_segment_add"),
         {"name": "Broken", "match": "all", "rules": json.dumps(rules)},
     )
     assert response.status_code == 200
@@ -122,7 +122,7 @@ def test_segment_with_bad_rules_is_refused_with_the_reason(admin_client):
 
 
 def test_segment_live_count_counts_subscribed_matches(admin_client, audience):
-    url = reverse("admin:campaigns_segment_count")
+    url = reverse("admin:audience_segment_count")
     rules = [{"field": "tag", "op": "lacks", "value": "VIP"}]
     response = admin_client.get(url, {"match": "all", "rules": json.dumps(rules)})
     assert response.json() == {"count": 2}  # bob and cat; not the unsubscribed or pending

@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 
-from audience.models import Contact
-from campaigns.models import Campaign, Delivery, Segment
+from audience.models import Contact, Segment
+from campaigns.models import Campaign, Delivery
 from tests.factories import ContactFactory, TagFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,8 @@ import sys
 from django.core.management.base import BaseCommand, CommandError
 
 from audience import exporting
-from audience.models import Contact
+from audience.models import Contact, Segment
+from audience.segments import segment_contacts
 
 
 class Command(BaseCommand):
@@ -31,9 +32,6 @@ class Command(BaseCommand):
         if opts["source"]:
             queryset = queryset.filter(source=opts["source"])
         if opts["segment"]:
-            from campaigns.models import Segment
-            from campaigns.segments import segment_contacts
-
             segment = Segment.objects.filter(name=opts["segment"]).first()
             if segment is None:
                 raise CommandError(f"No segment named {opts['segment']!r}")

@@ -14,9 +14,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
+from audience.models import Segment
+from audience.segments import audience_contacts
 from campaigns.management.commands._acting import acting_user, add_as_argument
-from campaigns.models import Segment, SenderSettings
-from campaigns.segments import audience_contacts
+from campaigns.models import SenderSettings
 from campaigns.starters import STARTERS
 
 

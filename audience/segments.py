@@ -5,15 +5,21 @@ A segment's ``rules`` is a list of small dicts, ``{"field": …, "op": …, "val
 (``match="any"``). ``contacts_matching`` turns them into ONE SQL query: plain column
 conditions for the contact's own fields and ``EXISTS`` subqueries for tags and
 deliveries, so PostgreSQL plans a semi-join over the indexes instead of Python looping
-over a million contacts. The admin's live count and the sender use the same function.
+over a million contacts. The admin's live count, the export and the sender all use it.
 
 Rules carry no status filter of their own unless they ask for one: the sender adds
 ``status=subscribed`` itself, and ``segment_count`` counts subscribed recipients.
+
+Segments belong to the audience, which sits below campaigns: nothing here imports
+campaigns. Rules that read another app's tables (campaigns' "engaged" and "received
+campaign", over Delivery rows) are plugged in by that app with ``rule_register`` from its
+``AppConfig.ready``, so the arrow runs from campaigns to the audience and never back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -36,7 +42,24 @@ class RuleField:
     value: str  # what the value is: tag, status, source, form, date, days, none, text, campaign
 
 
-# The vocabulary of rules, also what the admin's rule editor offers.
+@dataclass(frozen=True)
+class PluggedRule:
+    """A rule field another app contributes, with its own check and SQL condition.
+
+    ``check(index, op, value)`` raises ``rule_error(index, …)`` for a bad value;
+    ``condition(op, value, now)`` returns the rule as a Q over Contact (an ``Exists`` on
+    the app's own table, correlated on ``OuterRef("pk")``); ``choices()`` lists the
+    (value, label) pairs the admin's rule builder offers, bounded.
+    """
+
+    field: RuleField
+    check: Callable[[int, str, object], None]
+    condition: Callable[[str, object, dt.datetime], Q]
+    choices: Callable[[], list] | None = None
+
+
+# The vocabulary of rules, also what the admin's rule editor offers. Plugged rules are
+# appended by rule_register when their app is ready.
 RULE_FIELDS: dict[str, RuleField] = {
     "tag": RuleField("Tag", {"has": "has tag", "lacks": "lacks tag"}, "tag"),
     "status": RuleField("Status", {"is": "is", "is_not": "is not"}, "status"),
@@ -53,30 +76,41 @@ RULE_FIELDS: dict[str, RuleField] = {
         "Phone", {"present": "has a phone number", "absent": "has no phone"}, "none"
     ),
     "attribute": RuleField("Attribute", {"equals": "equals", "contains": "contains"}, "attribute"),
-    "engaged": RuleField(
-        "Engaged (opened or clicked)",
-        {"within_days": "within N days", "not_within_days": "not within N days"},
-        "days",
-    ),
-    "campaign": RuleField(
-        "Campaign", {"received": "received", "not_received": "did not receive"}, "campaign"
-    ),
 }
+_PLUGGED: dict[str, PluggedRule] = {}
 
 
-def _error(index: int, message: str) -> ValidationError:
+def rule_register(*, key: str, rule: PluggedRule) -> None:
+    """Add a rule field of another app's (called from its AppConfig.ready; idempotent)."""
+    if key in RULE_FIELDS and key not in _PLUGGED:
+        raise ValueError(f"rule field {key!r} is the audience's own")
+    RULE_FIELDS[key] = rule.field
+    _PLUGGED[key] = rule
+
+
+def rule_choices(value_kind: str) -> list:
+    """The (value, label) pairs plugged rules offer for a kind of value ("campaign")."""
+    for rule in _PLUGGED.values():
+        if rule.field.value == value_kind and rule.choices is not None:
+            return list(rule.choices())
+    return []
+
+
+def rule_error(index: int, message: str) -> ValidationError:
+    """The error for rule number ``index`` (0-based): "Rule 3: …"."""
     return ValidationError(f"Rule {index + 1}: {message}", code="invalid_rule")
 
 
-def _days(index: int, value) -> int:
+def check_days(index: int, value) -> int:
+    """A whole number of days between 1 and MAX_DAYS, or the rule's error."""
     try:
         days = int(value)
     except (TypeError, ValueError):
-        raise _error(index, f"enter a whole number of days, not {value!r}.") from None
+        raise rule_error(index, f"enter a whole number of days, not {value!r}.") from None
     if isinstance(value, float) and not value.is_integer():
-        raise _error(index, f"enter a whole number of days, not {value!r}.")
+        raise rule_error(index, f"enter a whole number of days, not {value!r}.")
     if not 1 <= days <= MAX_DAYS:
-        raise _error(index, f"the number of days must be between 1 and {MAX_DAYS}.")
+        raise rule_error(index, f"the number of days must be between 1 and {MAX_DAYS}.")
     return days
 
 
@@ -92,68 +126,63 @@ def _moment(index: int, value) -> dt.datetime:
     except ValueError:
         moment = None
     if moment is None:
-        raise _error(index, f"enter a date as YYYY-MM-DD, not {text!r}.")
+        raise rule_error(index, f"enter a date as YYYY-MM-DD, not {text!r}.")
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment
 
 
-def _int_id(index: int, value, what: str) -> int:
+def check_id(index: int, value, what: str) -> int:
+    """A row id, or the rule's error ("choose a campaign.")."""
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise _error(index, f"choose a {what}.") from None
+        raise rule_error(index, f"choose a {what}.") from None
 
 
 def _check_rule(index: int, rule) -> None:
     if not isinstance(rule, dict):
-        raise _error(index, "each rule must be an object with field, op and value.")
+        raise rule_error(index, "each rule must be an object with field, op and value.")
     field = rule.get("field")
     if field not in RULE_FIELDS:
         known = ", ".join(RULE_FIELDS)
-        raise _error(index, f"unknown field {field!r}; use one of: {known}.")
+        raise rule_error(index, f"unknown field {field!r}; use one of: {known}.")
     spec = RULE_FIELDS[field]
     op = rule.get("op")
     if op not in spec.ops:
         ops = ", ".join(spec.ops)
-        raise _error(index, f"{spec.label.lower()} rules take op {ops}; got {op!r}.")
+        raise rule_error(index, f"{spec.label.lower()} rules take op {ops}; got {op!r}.")
     value = rule.get("value")
 
     if field == "tag":
         name = str(value or "").strip()
         if not name:
-            raise _error(index, "enter a tag name.")
+            raise rule_error(index, "enter a tag name.")
         if not Tag.objects.filter(name__iexact=name).exists():
-            raise _error(index, f"there is no tag named {name!r}.")
+            raise rule_error(index, f"there is no tag named {name!r}.")
     elif field == "status":
         if value not in Contact.Status.values:
-            raise _error(index, f"status must be one of {', '.join(Contact.Status.values)}.")
+            raise rule_error(index, f"status must be one of {', '.join(Contact.Status.values)}.")
     elif field == "source":
         if value not in Contact.Source.values:
-            raise _error(index, f"source must be one of {', '.join(Contact.Source.values)}.")
+            raise rule_error(index, f"source must be one of {', '.join(Contact.Source.values)}.")
     elif field == "signup_form":
-        pk = _int_id(index, value, "signup form")
+        pk = check_id(index, value, "signup form")
         if not SignupForm.objects.filter(pk=pk).exists():
-            raise _error(index, f"there is no signup form with id {pk}.")
+            raise rule_error(index, f"there is no signup form with id {pk}.")
     elif field == "signed_up":
         if op == "within_days":
-            _days(index, value)
+            check_days(index, value)
         else:
             _moment(index, value)
     elif field == "attribute":
         key = str(rule.get("key") or "").strip()
         if not key:
-            raise _error(index, "enter the attribute's name (key).")
+            raise rule_error(index, "enter the attribute's name (key).")
         if value is None or str(value) == "":
-            raise _error(index, f"enter the value to compare attribute {key!r} with.")
-    elif field == "engaged":
-        _days(index, value)
-    elif field == "campaign":
-        from campaigns.models import Campaign  # campaigns.models imports nothing from here
-
-        pk = _int_id(index, value, "campaign")
-        if not Campaign.objects.filter(pk=pk).exists():
-            raise _error(index, f"there is no campaign with id {pk}.")
+            raise rule_error(index, f"enter the value to compare attribute {key!r} with.")
+    elif field in _PLUGGED:
+        _PLUGGED[field].check(index, op, value)
 
 
 def validate_rules(rules) -> None:
@@ -205,23 +234,8 @@ def _rule_q(rule: dict) -> Q:
         text = KeyTextTransform(str(rule.get("key", "")).strip(), "attributes")
         lookup = IExact if op == "equals" else IContains
         return Q(lookup(text, str(value)))
-    if field in ("engaged", "campaign"):
-        from campaigns.models import Delivery
-
-        if field == "engaged":
-            since = now - dt.timedelta(days=int(value))
-            deliveries = Delivery.objects.filter(contact_id=OuterRef("pk")).filter(
-                Q(opened_at__gte=since) | Q(clicked_at__gte=since)
-            )
-            positive = op == "within_days"
-        else:
-            # Served by the (campaign, contact) unique index.
-            deliveries = Delivery.objects.filter(
-                contact_id=OuterRef("pk"), campaign_id=int(value), status=Delivery.Status.SENT
-            )
-            positive = op == "received"
-        exists = Exists(deliveries)
-        return Q(exists) if positive else ~Q(exists)
+    if field in _PLUGGED:
+        return _PLUGGED[field].condition(op, value, now)
     raise ValueError(f"unknown rule field {field!r}")  # validate_rules keeps this unreachable
 
 

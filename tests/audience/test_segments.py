@@ -6,15 +6,15 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audience.models import Contact, Tag
-from campaigns.models import Campaign, Delivery, Segment
-from campaigns.segments import (
+from audience.models import Contact, Segment, Tag
+from audience.segments import (
     audience_contacts,
     contacts_matching,
     segment_contacts,
     segment_count,
     validate_rules,
 )
+from campaigns.models import Campaign, Delivery
 from campaigns.selectors import campaign_recipients
 from tests.factories import ContactFactory, SignupFormFactory, TagFactory
 
