@@ -31,6 +31,7 @@ is never counted twice even if two tasks raced for a stale chunk.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import smtplib
@@ -49,7 +50,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import OperationalError, transaction
 from django.db import connection as db_connection
-from django.db.models import DateTimeField, F, Value
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -611,6 +612,31 @@ class _Plan:
             _send_per_message(units, self, slots, guard, result)
 
 
+class _Failure(enum.Enum):
+    TRANSIENT = "transient"  # noted on the result: the rest of the chunk waits and retries
+    SETUP = "setup"  # result.halt set: the campaign pauses for a person, nobody failed
+    REFUSAL = "refusal"  # the provider refused this call: the caller's per-row policy
+
+
+def _provider_failure(exc: BaseException, pks: list, result: ChunkResult) -> _Failure:
+    """Classify what a provider call carrying the rows `pks` raised, the same way for a
+    message and for a batch, over an HTTP API (anymail) or SMTP.
+
+    Transient (429 / 5xx, a timeout, a relay's 4xx): noted with provider_trouble.
+    A setup problem (credentials, sender domain): result.halt. An error that is no
+    provider's answer at all (a bug, the database gone): raised, so the chunk task fails
+    loudly instead of blaming recipients. Anything else is a refusal, for the caller."""
+    if is_transient(exc):
+        result.provider_trouble(exc, pks)
+        return _Failure.TRANSIENT
+    if not isinstance(exc, AnymailError | smtplib.SMTPException):
+        raise exc
+    if is_setup_problem(exc):
+        result.halt = _reason(exc)
+        return _Failure.SETUP
+    return _Failure.REFUSAL
+
+
 def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult) -> None:
     """Send one message per row, up to the send window at once."""
     # Refusals that name no recipient and read the same, as they arrive: (pk, reason).
@@ -636,15 +662,12 @@ def _send_per_message(units, plan: _Plan, slots, guard, result: ChunkResult) -> 
             result.sent.append((pk, _message_id(unit.message)))
             result.duplicates += bool(requeued)
             return
-        if is_transient(exc):
+        failure = _provider_failure(exc, [pk], result)
+        if failure is _Failure.TRANSIENT:
             settle_alike()
-            result.provider_trouble(exc, [pk])
             return
-        if not isinstance(exc, AnymailError | smtplib.SMTPException):
-            raise exc
-        if is_setup_problem(exc):
-            result.halt = _reason(exc)
-            return
+        if failure is _Failure.SETUP:
+            return  # the refusals still alike are given back with the rest
         reason = _reason(exc)
         if is_refusal(exc) or _names_recipient(exc, contact.email):
             settle_alike()
@@ -685,13 +708,7 @@ def _send_batch(units, plan: _Plan, slots, guard, result: ChunkResult) -> None:
                 result.sent.append((pk, mid[:200]))
                 result.duplicates += bool(requeued)
             return
-        if is_transient(exc):
-            result.provider_trouble(exc, [pk for pk, _, _ in unit.rows])
-            return
-        if not isinstance(exc, AnymailError):
-            raise exc
-        if is_setup_problem(exc):
-            result.halt = _reason(exc)
+        if _provider_failure(exc, [pk for pk, _, _ in unit.rows], result) is not _Failure.REFUSAL:
             return
         # One bad address fails a whole Mailgun batch with a 400: this batch goes again
         # one by one, so only the recipient the provider refuses is marked failed.
@@ -724,28 +741,7 @@ def _mark(campaign_id: int, chunk: int, result: ChunkResult) -> _Marked:
     if result.skipped:
         marked.skipped = queued.filter(pk__in=result.skipped).update(status=Status.SKIPPED)
     if result.sent:
-        by_id: dict[str, list[int]] = {}
-        for pk, mid in result.sent:
-            by_id.setdefault(mid, []).append(pk)
-        if len(by_id) <= 4 and db_connection.vendor == "postgresql":
-            # One array parameter, not a thousand-entry IN list for the client to build.
-            table = Delivery._meta.db_table
-            with db_connection.cursor() as cursor:
-                for mid, pks in by_id.items():
-                    cursor.execute(
-                        f"""UPDATE {table} SET status = %s, sent_at = %s, message_id = %s
-                            WHERE campaign_id = %s AND chunk = %s AND id = ANY(%s::bigint[])
-                              AND status = %s""",  # noqa: S608 (table name from the model)
-                        [Status.SENT, now, mid, campaign_id, chunk, pks, Status.QUEUED],
-                    )
-                    marked.sent += cursor.rowcount
-        elif len(by_id) <= 4:
-            for mid, pks in by_id.items():
-                marked.sent += queued.filter(pk__in=pks).update(
-                    status=Status.SENT, sent_at=now, message_id=mid
-                )
-        else:
-            marked.sent = _mark_sent_many(campaign_id, chunk, result.sent, now)
+        marked.sent = _mark_sent_many(campaign_id, chunk, result.sent, now)
     for pk, reason in result.failed:
         marked.failed += queued.filter(pk=pk).update(status=Status.FAILED, error=reason)
     if result.unanswered:
@@ -756,9 +752,21 @@ def _mark(campaign_id: int, chunk: int, result: ChunkResult) -> _Marked:
     return marked
 
 
+# Rows per portable UPDATE: a row costs up to three parameters (its id in the WHERE and
+# in its message id's WHEN, and the message id), under SQLite's 999 with room to spare.
+_MARK_ROWS = 300
+
+
 def _mark_sent_many(campaign_id: int, chunk: int, sent: list, now) -> int:
-    table = Delivery._meta.db_table
+    """Mark `sent` ((delivery id, message id) pairs) sent, each row once; returns the
+    rows changed. Every UPDATE is guarded by status = queued and names the chunk.
+
+    PostgreSQL: one UPDATE, both columns as two array parameters joined with unnest,
+    whatever the number of message ids (one per batch call, or one per message).
+    Elsewhere: one UPDATE per _MARK_ROWS rows, message_id set by a CASE over the
+    distinct ids."""
     if db_connection.vendor == "postgresql":
+        table = Delivery._meta.db_table
         with db_connection.cursor() as cursor:
             cursor.execute(
                 f"""UPDATE {table} AS d SET status = %s, sent_at = %s, message_id = v.mid
@@ -776,18 +784,21 @@ def _mark_sent_many(campaign_id: int, chunk: int, sent: list, now) -> int:
                 ],
             )
             return cursor.rowcount
-    queued = set(
-        Delivery.objects.filter(
-            pk__in=[pk for pk, _ in sent], campaign_id=campaign_id, status=Status.QUEUED
-        ).values_list("pk", flat=True)
-    )
-    objs = [
-        Delivery(pk=pk, status=Status.SENT, sent_at=now, message_id=mid)
-        for pk, mid in sent
-        if pk in queued
-    ]
-    Delivery.objects.bulk_update(objs, ["status", "sent_at", "message_id"], 500)
-    return len(objs)
+    queued = Delivery.objects.filter(campaign_id=campaign_id, chunk=chunk, status=Status.QUEUED)
+    marked = 0
+    for start in range(0, len(sent), _MARK_ROWS):
+        by_id: dict[str, list[int]] = {}
+        for pk, mid in sent[start : start + _MARK_ROWS]:
+            by_id.setdefault(mid, []).append(pk)
+        pks = [pk for group in by_id.values() for pk in group]
+        message_id = Case(
+            *(When(pk__in=group, then=Value(mid)) for mid, group in by_id.items()),
+            output_field=Delivery._meta.get_field("message_id"),
+        )
+        marked += queued.filter(pk__in=pks).update(
+            status=Status.SENT, sent_at=now, message_id=message_id
+        )
+    return marked
 
 
 @dataclass

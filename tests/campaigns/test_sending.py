@@ -723,3 +723,43 @@ def test_the_campaign_page_says_why_it_paused_and_when_it_tries_again(sender, ad
     assert 'id="auto-resume"' in text
     assert timezone.localtime(campaign.auto_resume_at).strftime("%H:%M:%S") in text
     assert 'id="pause-button"' in text  # to keep it paused
+
+
+@pytest.mark.parametrize("ids", ["one per message", "one per batch"])
+def test_marking_a_chunk_sent_writes_each_rows_message_id_once_and_only_in_that_chunk(
+    sender, settings, ids
+):
+    """The one mark-sent path of each database (PostgreSQL's unnest, the portable CASE in
+    slices): more rows than one slice, rows another task already marked, and rows of the
+    next chunk named by mistake, which stay queued."""
+    settings.CAMPAIGN_CHUNK_SIZE = 700
+    Contact.objects.bulk_create(
+        Contact(email=f"mark{i}@example.com", status=Contact.Status.SUBSCRIBED)
+        for i in range(1000)
+    )
+    campaign = services.campaign_start(campaign=_campaign())
+    rows = list(Delivery.objects.filter(campaign=campaign).order_by("chunk", "pk"))
+    first = [row.pk for row in rows if row.chunk == 0]
+    second = [row.pk for row in rows if row.chunk == 1]
+    assert (len(first), len(second)) == (700, 300)
+    # A racing task sent the first five; one contact was skipped (unsubscribed).
+    Delivery.objects.filter(pk__in=first[:5]).update(status=Delivery.Status.SENT, message_id="x")
+    Delivery.objects.filter(pk=first[5]).update(status=Delivery.Status.SKIPPED)
+
+    def message_id(i: int) -> str:
+        return f"<{i}@mg.example>" if ids == "one per message" else "<batch-7@mg.example>"
+
+    result = sending.ChunkResult(
+        sent=[(pk, message_id(i)) for i, pk in enumerate(first + second[:10])]
+    )
+    marked = sending._mark(campaign.pk, 0, result)
+
+    assert marked.sent == 694
+    got = {d.pk: d for d in Delivery.objects.filter(campaign=campaign)}
+    assert [got[pk].message_id for pk in first[:5]] == ["x"] * 5
+    assert got[first[5]].status == Delivery.Status.SKIPPED
+    for i, pk in enumerate(first[6:], start=6):
+        assert (got[pk].status, got[pk].message_id) == (Delivery.Status.SENT, message_id(i))
+        assert got[pk].sent_at is not None
+    assert {got[pk].status for pk in second} == {Delivery.Status.QUEUED}
+    assert {got[pk].message_id for pk in second} == {""}
