@@ -734,8 +734,7 @@ def test_marking_a_chunk_sent_writes_each_rows_message_id_once_and_only_in_that_
     next chunk named by mistake, which stay queued."""
     settings.CAMPAIGN_CHUNK_SIZE = 700
     Contact.objects.bulk_create(
-        Contact(email=f"mark{i}@example.com", status=Contact.Status.SUBSCRIBED)
-        for i in range(1000)
+        Contact(email=f"mark{i}@example.com", status=Contact.Status.SUBSCRIBED) for i in range(1000)
     )
     campaign = services.campaign_start(campaign=_campaign())
     rows = list(Delivery.objects.filter(campaign=campaign).order_by("chunk", "pk"))
@@ -763,3 +762,52 @@ def test_marking_a_chunk_sent_writes_each_rows_message_id_once_and_only_in_that_
         assert got[pk].sent_at is not None
     assert {got[pk].status for pk in second} == {Delivery.Status.QUEUED}
     assert {got[pk].message_id for pk in second} == {""}
+
+
+def _api_error(status: int):
+    """What anymail raises for a provider's HTTP error answer."""
+    import requests
+    from anymail.exceptions import AnymailAPIError
+
+    response = requests.models.Response()
+    response.status_code, response.reason = status, "Error"
+    response._content = b'{"message": "refused"}'
+    return AnymailAPIError(
+        "Mailgun API error", status_code=status, response=response, esp_name="Mailgun"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "failure", "transient", "halt"),
+    [
+        (lambda: _api_error(503), "TRANSIENT", True, False),
+        (lambda: _api_error(429), "TRANSIENT", True, False),
+        (lambda: _api_error(401), "SETUP", False, True),
+        (lambda: _api_error(400), "REFUSAL", False, False),
+        (lambda: __import__("smtplib").SMTPAuthenticationError(535, b"bad login"), "SETUP",
+         False, True),
+        (lambda: __import__("smtplib").SMTPRecipientsRefused({"a@x.example": (451, b"later")}),
+         "TRANSIENT", True, False),
+        (lambda: __import__("smtplib").SMTPRecipientsRefused({"a@x.example": (550, b"no")}),
+         "REFUSAL", False, False),
+    ],
+)  # fmt: skip
+def test_a_provider_failure_is_classified_alike_for_a_message_and_a_batch(
+    make, failure, transient, halt
+):
+    """Both send paths call the same helper: for one row or a batch's rows, a provider's
+    429/5xx or an SMTP 4xx waits and retries (the rows noted), bad credentials pause the
+    campaign for a person, and a refusal is left to the caller's per-row policy."""
+    for pks in ([7], [7, 8, 9]):
+        result = sending.ChunkResult()
+        assert sending._provider_failure(make(), pks, result).name == failure
+        assert bool(result.transient) is transient
+        assert bool(result.halt) is halt
+        assert result.failed == []
+
+
+def test_an_error_that_is_no_providers_answer_is_raised_not_blamed_on_recipients():
+    result = sending.ChunkResult()
+    with pytest.raises(KeyError):
+        sending._provider_failure(KeyError("slot_values"), [1, 2], result)
+    assert (result.transient, result.halt, result.failed) == ("", "", [])
