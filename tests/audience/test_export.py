@@ -188,3 +188,10 @@ def test_each_contact_s_tags_are_listed_by_name_whatever_their_age():
     selection = _csv(b"".join(exporting.stream_csv(Contact.objects.filter(email="t@example.com"))))
     assert [r[5] for r in everyone[1:]] == ["Alpha, beta, zeta", "beta"]
     assert [r[5] for r in selection[1:]] == ["Alpha, beta, zeta"]
+
+
+def test_export_of_a_segment_that_is_not_there_is_a_404_not_everyone(exporter):
+    ContactFactory(email="someone@example.com")
+    url = reverse("admin:audience_contact_export") + "?_format=csv&_segment="
+    for bad in ("999999", "abc", "1%20OR%201"):
+        assert exporter.get(url + bad).status_code == 404
