@@ -5,6 +5,8 @@ nothing; and no other module writes Campaign.status."""
 from __future__ import annotations
 
 import ast
+import html
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -12,12 +14,13 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connections
+from django.urls import reverse
 from django.utils import timezone
 
 from campaigns import lifecycle
 from campaigns.models import Campaign, CampaignEvent, DeliveryChunk, SenderSettings
 from tests.factories import ContactFactory
-from tests.polling import while_locked
+from tests.polling import wait_for, while_locked
 
 Status = Campaign.Status
 ROOT = Path(__file__).resolve().parents[2]
@@ -531,3 +534,141 @@ def fine(pk):
     hits = _status_writes(path)
     lines = sorted({int(h.split(":")[1].split()[0]) for h in hits})
     assert lines == [4, 7, 9, 11, 13, 15, 16, 21]
+
+
+# --- the history on the campaign's page ------------------------------------------------
+
+
+def _page(client, campaign: Campaign) -> str:
+    response = client.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+ROW = re.compile(
+    r'<tr class="campaign-event"[^>]*>'
+    r'\s*<td class="when"><time datetime="([^"]+)">[^<]*</time></td>'
+    r'\s*<td class="who">([^<]*)</td>\s*<td class="change">([^<]*)</td>'
+    r'\s*<td class="reason">([^<]*)</td>'
+)
+
+
+def _history(page: str) -> list[tuple[str, str, str]]:
+    """(who, change, why) per row, as shown (newest first)."""
+    return [
+        (html.unescape(who), html.unescape(change), html.unescape(why))
+        for _, who, change, why in ROW.findall(page)
+    ]
+
+
+def _post(client, name: str, campaign: Campaign, **data):
+    url = reverse(f"admin:campaigns_campaign_{name}", args=[campaign.pk])
+    response = client.post(url, data)
+    assert response.status_code == 302
+    return response
+
+
+def test_the_campaign_page_shows_who_changed_what_and_why_newest_first(
+    admin_client, sender, no_dispatch
+):
+    ContactFactory()
+    campaign = _campaign()
+    assert "campaign-events" not in _page(admin_client, campaign)  # nothing happened yet
+    when = timezone.localtime(timezone.now() + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    _post(admin_client, "schedule", campaign, when=when)
+    _post(admin_client, "unschedule", campaign)
+    _post(admin_client, "send", campaign)
+    _post(admin_client, "pause", campaign)
+    _post(admin_client, "resume", campaign)
+
+    page = _page(admin_client, campaign)
+    assert _history(page) == [
+        ("admin", "Paused → Sending", "Resumed by admin."),
+        ("admin", "Sending → Paused", "Paused by admin."),
+        ("admin", "Draft → Sending", "Sent by admin."),
+        ("admin", "Scheduled → Draft", "Unscheduled by admin."),
+        ("admin", "Draft → Scheduled", _events(campaign)[0][3]),
+    ]
+    times = [t for t, *_ in ROW.findall(page)]
+    assert times == sorted(times, reverse=True)
+
+
+def test_the_history_shows_the_last_50_changes(admin_client, sender):
+    campaign = _campaign()
+    start = timezone.now() - timedelta(hours=2)
+    CampaignEvent.objects.bulk_create(
+        CampaignEvent(
+            campaign=campaign,
+            created_at=start + timedelta(minutes=n),
+            actor="ada",
+            from_status=Status.DRAFT,
+            to_status=Status.SCHEDULED,
+            reason=f"change {n}",
+        )
+        for n in range(60)
+    )
+    page = _page(admin_client, campaign)
+    reasons = [why for _, _, why in _history(page)]
+    assert reasons == [f"change {n}" for n in range(59, 9, -1)]
+    assert "The last 50 changes." in page
+
+
+def test_a_provider_switch_shows_as_such(admin_client, sender, no_dispatch):
+    campaign = _sending(no_dispatch)
+    lifecycle.campaign_event_record(
+        campaign_id=campaign.pk,
+        actor="",
+        kind=CampaignEvent.Kind.PROVIDER_SWITCH,
+        from_status=Status.SENDING,
+        to_status=Status.SENDING,
+        reason="Mailgun kept failing; the rest goes out through Postmark.",
+    )
+    assert _history(_page(admin_client, campaign)) == [
+        (
+            "system",
+            "Provider switch: Sending → Sending",
+            "Mailgun kept failing; the rest goes out through Postmark.",
+        )
+    ]
+
+
+@pytest.mark.worker
+def test_the_workers_pause_resume_and_finish_show_as_the_system(
+    celery_worker, esp, admin_client, sender, settings
+):
+    """A real blast through a real worker and a fake Mailgun that fails until the
+    campaign has paused: the owner's press is theirs, everything after it the system's."""
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    settings.CAMPAIGN_MAX_FAILED_CHUNKS = 2
+    settings.CAMPAIGN_FAILURE_WINDOW = 0.3
+    settings.CAMPAIGN_AUTO_RESUME_BACKOFF = 0.5
+    contacts = [ContactFactory() for _ in range(4)]
+    esp.state.control({"fail_always": 503})
+    campaign = _campaign()
+    _post(admin_client, "send", campaign)
+    assert wait_for(lambda: _status(campaign) == Status.PAUSED, timeout=30)
+    esp.state.control({"fail_always": 0})  # the provider is back; nobody presses Resume
+    assert wait_for(lambda: _status(campaign) == Status.SENT, timeout=30)
+    assert sorted(esp.state.recipients) == sorted(c.email for c in contacts)
+
+    rows = while_locked(lambda: _history(_page(admin_client, campaign)))
+    assert rows[-1] == ("admin", "Draft → Sending", "Sent by admin.")
+    assert rows[0] == (
+        "system",
+        "Sending → Sent",
+        "Every delivery is final: 4 sent, 0 failed, of 4.",
+    )
+    after_start = rows[:-1]
+    assert {who for who, _, _ in after_start} == {"system"}
+    changes = [change for _, change, _ in reversed(after_start)]
+    # Paused by the provider and resumed by itself (more than once if the provider's
+    # recovery came after the first wake-up), then finished.
+    assert changes[0] == "Sending → Paused"
+    assert changes[-2:] == ["Paused → Sending", "Sending → Sent"]
+    assert set(changes) == {"Sending → Paused", "Paused → Sending", "Sending → Sent"}
+    pause = next(why for _, change, why in rows if change == "Sending → Paused")
+    assert "chunks away" in pause and "503" in pause
+
+
+def _status(campaign: Campaign) -> str:
+    return Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
