@@ -89,6 +89,10 @@ def _move(
     return None
 
 
+def _at(when: datetime | None) -> str:
+    return f"{timezone.localtime(when):%Y-%m-%d %H:%M %Z}" if when else "no time set"
+
+
 def _status(campaign_id: int) -> str:
     current = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
     return current or "gone"
@@ -186,14 +190,13 @@ def campaign_schedule(*, campaign: Campaign, when: datetime, actor: str = "") ->
     if timezone.is_naive(when):
         raise ValidationError("Give the time with its time zone.")
     _check_sendable(campaign)
-    at = f"{timezone.localtime(when):%Y-%m-%d %H:%M %Z}"
     with transaction.atomic():
         left = _move(
             campaign.pk,
             leaving=[(Status.DRAFT, None), (Status.SCHEDULED, None)],
             to=Status.SCHEDULED,
             actor=actor,
-            reason=f"Scheduled for {at}.",
+            reason=f"Scheduled for {_at(when)}.",
             detail={"scheduled_at": when.isoformat()},
             scheduled_at=when,
             status_reason="",
@@ -250,12 +253,7 @@ def campaigns_start_due() -> list[int]:
             campaign_start(
                 campaign=campaign,
                 actor=SYSTEM,
-                reason="Its scheduled time came"
-                + (
-                    f" ({campaign.scheduled_at:%Y-%m-%d %H:%M %Z})."
-                    if campaign.scheduled_at
-                    else "."
-                ),
+                reason=f"Its scheduled time came ({_at(campaign.scheduled_at)}).",
             )
         except ValidationError as exc:
             # Another scheduler won the race (then the campaign is no longer scheduled
