@@ -605,12 +605,52 @@ def test_the_failovers_provider_switch_is_recorded_without_a_status_change_and_s
     ]
 
 
+STATUS_UPDATE = re.compile(r'^\s*UPDATE\s+"campaigns_campaign"\s+SET\b.*"status"\s*=', re.S | re.I)
+
+
+@pytest.fixture
+def status_writers():
+    """Where every UPDATE of a campaign's status that reaches the database comes from:
+    the module that issued it, on every connection (the worker thread's too), so a
+    test can hold the running code, not just its source, to the lifecycle."""
+    import traceback
+
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    seen: list[str] = []
+
+    def watch(execute, sql, params, many, context):
+        if STATUS_UPDATE.match(sql):
+            app = [
+                f.filename
+                for f in traceback.extract_stack()
+                if f"{ROOT}/campaigns/" in f.filename or f"{ROOT}/audience/" in f.filename
+            ]
+            seen.append(Path(app[-1]).relative_to(ROOT).as_posix() if app else "?")
+        return execute(sql, params, many, context)
+
+    def install(sender, connection, **kwargs):
+        if watch not in connection.execute_wrappers:
+            connection.execute_wrappers.append(watch)
+
+    install(None, connection)
+    connection_created.connect(install, weak=False)
+    yield seen
+    connection_created.disconnect(install)
+    for alias in connections:
+        wrappers = connections[alias].execute_wrappers
+        if watch in wrappers:
+            wrappers.remove(watch)
+
+
 @pytest.mark.worker
 def test_the_workers_pause_resume_and_finish_show_as_the_system(
-    celery_worker, esp, admin_client, sender, settings
+    status_writers, celery_worker, esp, admin_client, sender, settings
 ):
     """A real blast through a real worker and a fake Mailgun that fails until the
-    campaign has paused: the owner's press is theirs, everything after it the system's."""
+    campaign has paused: the owner's press is theirs, everything after it the system's;
+    and every status write the database saw on the way came from the lifecycle."""
     settings.CAMPAIGN_CHUNK_SIZE = 2
     settings.CAMPAIGN_MAX_FAILED_CHUNKS = 2
     settings.CAMPAIGN_FAILURE_WINDOW = 0.3
@@ -641,6 +681,10 @@ def test_the_workers_pause_resume_and_finish_show_as_the_system(
     assert set(changes) == {"Sending → Paused", "Paused → Sending", "Sending → Sent"}
     pause = next(why for _, change, why in rows if change == "Sending → Paused")
     assert "chunks away" in pause and "503" in pause
+    # Start, pause(s), resume(s), finish, the worker's among them, and any attempt that
+    # lost a race: all the lifecycle's.
+    assert len(status_writers) >= len(rows)
+    assert set(status_writers) == {"campaigns/lifecycle.py"}
 
 
 def _status(campaign: Campaign) -> str:
