@@ -371,7 +371,7 @@ class CampaignAdmin(admin.ModelAdmin):
     # --- Schedule, send, pause, resume, cancel ---
 
     def schedule_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
-        from campaigns.services import campaign_schedule
+        from campaigns.lifecycle import campaign_schedule
 
         campaign = self._campaign(request, object_id, change=False, send=True)
         if request.method != "POST":
@@ -397,7 +397,7 @@ class CampaignAdmin(admin.ModelAdmin):
 
         Anyone who may view the campaign sees the page; only those who may send get
         the button, and only they can POST."""
-        from campaigns.services import campaign_start
+        from campaigns.lifecycle import campaign_start
 
         may_send = can_send(request)
         campaign = self._campaign(request, object_id, change=False, send=request.method == "POST")
@@ -447,23 +447,29 @@ class CampaignAdmin(admin.ModelAdmin):
 
         return services
 
+    @staticmethod
+    def _lifecycle():
+        from campaigns import lifecycle
+
+        return lifecycle
+
     def pause_view(self, request, object_id):
         if request.method != "POST":
             return redirect("admin:campaigns_campaign_change", object_id)
-        return self._transition(request, object_id, self._services().campaign_pause, "Paused.")
+        return self._transition(request, object_id, self._lifecycle().campaign_pause, "Paused.")
 
     def resume_view(self, request, object_id):
         if request.method != "POST":
             return redirect("admin:campaigns_campaign_change", object_id)
         # Resuming sends the rest: the send permission, like starting.
         return self._transition(
-            request, object_id, self._services().campaign_resume, "Resumed.", send=True
+            request, object_id, self._lifecycle().campaign_resume, "Resumed.", send=True
         )
 
     def cancel_view(self, request, object_id):
         if request.method != "POST":
             return redirect("admin:campaigns_campaign_change", object_id)
-        return self._transition(request, object_id, self._services().campaign_cancel, "Cancelled.")
+        return self._transition(request, object_id, self._lifecycle().campaign_cancel, "Cancelled.")
 
     def unschedule_view(self, request, object_id):
         if request.method != "POST":
@@ -471,7 +477,7 @@ class CampaignAdmin(admin.ModelAdmin):
         return self._transition(
             request,
             object_id,
-            self._services().campaign_unschedule,
+            self._lifecycle().campaign_unschedule,
             "No longer scheduled: back to draft.",
         )
 

@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils import timezone
 
 
 class OutboxMessage(models.Model):
@@ -135,6 +136,49 @@ class Campaign(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        """Saving a stored campaign writes what a person edits, never its state: the
+        status and the fields that move with it change only through campaigns.lifecycle's
+        conditional UPDATEs, and the counters through the workers' F() updates. Without
+        this, the admin saving a scheduled campaign a moment after the scheduler started
+        it would put it back to "scheduled" (save() writes every column it loaded)."""
+        if not self._state.adding:
+            update_fields = kwargs.get("update_fields")
+            if update_fields is None:
+                kwargs["update_fields"] = [
+                    f.name
+                    for f in self._meta.concrete_fields
+                    if not f.primary_key and f.name not in CAMPAIGN_STATE_FIELDS
+                ]
+            elif CAMPAIGN_STATE_FIELDS.intersection(update_fields):
+                raise ValueError(
+                    "A campaign's status, schedule and counters change through "
+                    "campaigns.lifecycle (and the workers), not Campaign.save()."
+                )
+        super().save(*args, **kwargs)
+
+
+# What Campaign.save() leaves alone on a stored campaign (see its docstring).
+CAMPAIGN_STATE_FIELDS = frozenset(
+    {
+        "status",
+        "scheduled_at",
+        "started_at",
+        "finished_at",
+        "status_reason",
+        "pause_kind",
+        "auto_resume_at",
+        "auto_resume_attempts",
+        "provider_pause_count",
+        "consecutive_failed_chunks",
+        "failing_since",
+        "total_count",
+        "sent_count",
+        "failed_count",
+        "duplicate_count",
+    }
+)
+
 
 class Delivery(models.Model):
     """One recipient of one campaign: the source of truth for who got what.
@@ -219,3 +263,42 @@ class DeliveryChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id}#{self.number} ({self.status})"
+
+
+class CampaignEvent(models.Model):
+    """One change in a campaign's life: who (or the system), from what to what, and why.
+
+    Written by campaigns.lifecycle in the same transaction as the change itself, and only
+    when the change happened (a lost race writes nothing), so the list on the campaign's
+    page is the campaign's history, not a log of attempts.
+    """
+
+    class Kind(models.TextChoices):
+        STATUS = "status", "Status change"
+        PROVIDER_SWITCH = "provider_switch", "Provider switch"
+
+    # The (campaign, created_at) index serves the campaign's lookups; a second index on
+    # campaign_id alone would only cost writes.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # The acting user's username (and how, e.g. "ada (manage.py blast)"); empty for the
+    # system: the scheduler, a worker, an automatic pause or resume.
+    actor = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.STATUS)
+    from_status = models.CharField(max_length=10, choices=Campaign.Status.choices, blank=True)
+    to_status = models.CharField(max_length=10, choices=Campaign.Status.choices, blank=True)
+    reason = models.TextField(blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["campaign", "created_at"], name="campaign_event_time")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}: {self.from_status} → {self.to_status} by {self.actor_display}"
+
+    @property
+    def actor_display(self) -> str:
+        return self.actor or "system"

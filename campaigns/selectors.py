@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from audience.models import Contact
 from audience.segments import segment_contacts
-from campaigns.models import Campaign, SenderSettings
+from campaigns.models import Campaign, CampaignEvent, SenderSettings
 
 
 def campaign_recipients(campaign: Campaign) -> QuerySet[Contact]:
@@ -61,3 +61,11 @@ def campaign_progress(campaign: Campaign) -> dict:
 
 def sender_settings() -> SenderSettings:
     return SenderSettings.load()
+
+
+def campaign_events(campaign: Campaign, *, limit: int = 50) -> list[CampaignEvent]:
+    """The campaign's last `limit` events, newest first: one indexed range read
+    (campaign_event_time), whatever the campaign's history holds."""
+    return list(
+        CampaignEvent.objects.filter(campaign=campaign).order_by("-created_at", "-id")[:limit]
+    )

@@ -57,6 +57,9 @@ from django.utils import timezone
 from audience.emails import is_refusal, is_setup_problem, is_too_many, is_transient
 from audience.models import Contact
 from campaigns import ratelimit
+
+# Status changes are the lifecycle's (each with its CampaignEvent); the sender asks.
+from campaigns.lifecycle import campaign_finish_if_done, campaign_pause_by_provider
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.rendering import (
     UNSUBSCRIBE,
@@ -885,7 +888,7 @@ def _send_held(campaign_id: int, held: _Held, plan: _Plan, slots: _Slots) -> Non
 
     _patiently(record)
     if result.halt:
-        provider_pause(
+        campaign_pause_by_provider(
             campaign_id=campaign_id,
             kind=PauseKind.SETUP,
             why="the provider refused the account or the request, so nobody was marked "
@@ -976,81 +979,10 @@ def chunk_failed(
         )
     else:
         return ChunkFailure(paused=False, wait=wait)
-    paused = provider_pause(
+    paused = campaign_pause_by_provider(
         campaign_id=campaign_id, kind=PauseKind.PROVIDER, why=why, said=reason, not_before=wait
     )
     return ChunkFailure(paused=paused, wait=wait)
-
-
-def auto_resume_seconds(attempts: int) -> float:
-    base = settings.CAMPAIGN_AUTO_RESUME_BACKOFF
-    return min(base * (2**attempts), settings.CAMPAIGN_AUTO_RESUME_BACKOFF_MAX)
-
-
-def provider_pause(
-    *, campaign_id: int, kind: str, why: str, said: str, not_before: float = 0.0
-) -> bool:
-    """Pause a sending campaign because of the provider, saying why and what happens
-    next. A `provider` pause is given a time to resume by itself (a growing, capped
-    backoff, at most CAMPAIGN_AUTO_RESUME_MAX times without a message getting through);
-    a `setup` pause waits for a person. True if this call paused it."""
-    from campaigns.tasks import resume_due_campaigns
-
-    now = timezone.now()
-    limit = settings.CAMPAIGN_AUTO_RESUME_MAX
-    with transaction.atomic():
-        sending = Campaign.objects.select_for_update().filter(pk=campaign_id, status=SENDING)
-        attempts = sending.values_list("auto_resume_attempts", flat=True).first()
-        if attempts is None:
-            return False
-        resume_at = None
-        if kind != PauseKind.PROVIDER:
-            then = ""
-        elif attempts < limit:
-            # Never sooner than the provider asked (Retry-After) or the hold it caused.
-            delay = max(auto_resume_seconds(attempts), not_before)
-            resume_at = now + timedelta(seconds=delay)
-            then = (
-                f" It resumes by itself at {timezone.localtime(resume_at):%H:%M:%S} "
-                f"(automatic attempt {attempts + 1} of {limit}); Pause keeps it paused."
-            )
-        else:
-            then = (
-                f" It resumed by itself {limit} times without a message getting through: "
-                "press Resume once the provider is back."
-            )
-        reason = f"Paused: {why}.{then} The provider said: {said[:1200]}"
-        sending.update(
-            status=Campaign.Status.PAUSED,
-            status_reason=reason[:2000],
-            pause_kind=kind,
-            auto_resume_at=resume_at,
-            provider_pause_count=F("provider_pause_count") + 1,
-            updated_at=now,
-        )
-        if resume_at is not None:
-            # Its own wake-up; beat's scan catches it too if this task is lost.
-            transaction.on_commit(lambda: resume_due_campaigns.apply_async(countdown=delay + 0.2))
-    logger.warning("Campaign %s paused (%s): %s", campaign_id, kind, reason[:300])
-    return True
-
-
-def campaign_finish_if_done(*, campaign_id: int) -> bool:
-    """Mark the campaign sent once every chunk is done, i.e. every Delivery is final."""
-    if (
-        DeliveryChunk.objects.filter(campaign_id=campaign_id)
-        .exclude(status=ChunkStatus.DONE)
-        .exists()
-    ):
-        return False
-    # A chunk is marked done only after every one of its rows was written sent, failed
-    # or skipped (rows not sent keep their chunk queued), so this is "every Delivery is
-    # final" without scanning a million rows.
-    return bool(
-        Campaign.objects.filter(pk=campaign_id, status=SENDING).update(
-            status=Campaign.Status.SENT, finished_at=timezone.now()
-        )
-    )
 
 
 def open_chunks(campaign_id: int) -> list[int]:

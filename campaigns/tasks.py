@@ -1,11 +1,11 @@
-"""Thin Celery tasks: take ids, call campaigns.sending / campaigns.services."""
+"""Thin Celery tasks: take ids, call campaigns.sending / campaigns.lifecycle."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from django.conf import settings
 
-from campaigns import sending, services
+from campaigns import lifecycle, sending
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -44,17 +44,17 @@ def sweep_stale_claims() -> dict:
 def resume_due_campaigns() -> list[int]:
     """Beat, and each provider pause's own wake-up: resume the campaigns whose
     provider pause has served its backoff."""
-    return services.campaigns_resume_due()
+    return lifecycle.campaigns_resume_due()
 
 
 @shared_task(acks_late=True)
 def start_due_campaigns() -> list[int]:
     """Beat: start scheduled campaigns whose time has come."""
-    return services.campaigns_start_due()
+    return lifecycle.campaigns_start_due()
 
 
 @shared_task(acks_late=True)
 def start_campaign(campaign_id: int, actor: str = "") -> None:
     from campaigns.models import Campaign
 
-    services.campaign_start(campaign=Campaign.objects.get(pk=campaign_id), actor=actor)
+    lifecycle.campaign_start(campaign=Campaign.objects.get(pk=campaign_id), actor=actor)

@@ -14,7 +14,7 @@ from django.utils import timezone
 from audience.models import Contact
 from audience.services import Evidence, contact_unsubscribe
 from audience.tokens import read_token
-from campaigns import ratelimit, sending, services
+from campaigns import lifecycle, ratelimit, sending, services
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.selectors import campaign_progress, campaign_recipients
 from campaigns.tasks import start_due_campaigns, sweep_stale_claims
@@ -603,7 +603,7 @@ def test_automatic_resumes_back_off_and_stop_at_the_limit(sender, settings):
     delays = []
     for _ in range(3):
         before = timezone.now()
-        assert sending.provider_pause(
+        assert lifecycle.campaign_pause_by_provider(
             campaign_id=campaign.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
         )
         campaign.refresh_from_db()
@@ -623,7 +623,7 @@ def test_a_provider_pause_never_resumes_sooner_than_its_retry_after(sender, sett
     ContactFactory()
     campaign = services.campaign_start(campaign=_campaign())
     before = timezone.now()
-    assert sending.provider_pause(
+    assert lifecycle.campaign_pause_by_provider(
         campaign_id=campaign.pk, kind=Campaign.PauseKind.PROVIDER, why="429s", said="429",
         not_before=900,
     )  # fmt: skip
@@ -638,13 +638,13 @@ def test_an_owners_pause_is_never_resumed_by_itself(sender, settings):
     services.campaign_pause(campaign=by_owner, actor="owner")
     # The provider paused this one, then the owner pressed Pause before it woke up.
     overruled = services.campaign_start(campaign=_campaign(name="Second"))
-    sending.provider_pause(
+    lifecycle.campaign_pause_by_provider(
         campaign_id=overruled.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
     )
     services.campaign_pause(campaign=overruled, actor="owner")
     # A third, left alone, shows the sweep does wake provider pauses.
     left = services.campaign_start(campaign=_campaign(name="Third"))
-    sending.provider_pause(
+    lifecycle.campaign_pause_by_provider(
         campaign_id=left.pk, kind=Campaign.PauseKind.PROVIDER, why="503s", said="503"
     )
     assert wait_for(lambda: services.campaigns_resume_due() == [left.pk], timeout=5)
@@ -710,7 +710,7 @@ def test_email_timeout_reaches_every_provider_backend():
 def test_the_campaign_page_says_why_it_paused_and_when_it_tries_again(sender, admin_client):
     ContactFactory()
     campaign = services.campaign_start(campaign=_campaign())
-    sending.provider_pause(
+    lifecycle.campaign_pause_by_provider(
         campaign_id=campaign.pk,
         kind=Campaign.PauseKind.PROVIDER,
         why="the provider kept failing",

@@ -39,7 +39,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        from campaigns.services import campaign_create_from_starter, campaign_start, sender_problems
+        from campaigns.lifecycle import campaign_start
+        from campaigns.services import campaign_create_from_starter, sender_problems
 
         # Who sends is settled first: nothing is counted, asked or made for someone who
         # may not send.

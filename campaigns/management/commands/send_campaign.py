@@ -3,10 +3,10 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from campaigns.lifecycle import campaign_start
 from campaigns.management.commands._acting import acting_user, add_as_argument
 from campaigns.models import Campaign
 from campaigns.selectors import campaign_progress
-from campaigns.services import campaign_start
 
 
 class Command(BaseCommand):
