@@ -55,7 +55,7 @@ from django.utils import timezone
 
 from audience.emails import is_refusal, is_setup_problem, is_too_many, is_transient
 from audience.models import Contact
-from campaigns import ratelimit
+from campaigns import ratelimit, tallies
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
 from campaigns.rendering import (
     UNSUBSCRIBE,
@@ -920,6 +920,10 @@ def _count(campaign_id: int, result: ChunkResult, marked: _Marked, *, failed_chu
     if marked.skipped:
         updates["total_count"] = F("total_count") - marked.skipped
     Campaign.objects.filter(pk=campaign_id).update(**updates)
+    if marked.sent:  # the report's "sent per minute" (one bucket row per chunk)
+        tallies.timeline_add(
+            campaign_id=campaign_id, kind=tallies.Kind.SENT, when=timezone.now(), count=marked.sent
+        )
 
 
 @dataclass
