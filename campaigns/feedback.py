@@ -62,6 +62,10 @@ def _on_tracking(sender, event: AnymailTrackingEvent, esp_name: str, **kwargs) -
     feedback_record(event=event, esp_name=esp_name)
 
 
+def _esp(esp_name: str) -> str:
+    return esp_name.lower().replace(" ", "_")
+
+
 def _esp_field(event: AnymailTrackingEvent, *path: str):
     value = event.esp_event
     for key in path:
@@ -76,7 +80,7 @@ def _is_soft_bounce(event: AnymailTrackingEvent, esp: str) -> bool:
     each provider says which in its own field."""
     if esp == "postmark":
         return _esp_field(event, "Type") == "SoftBounce"
-    if esp in ("amazon_ses", "amazonses"):
+    if esp == "amazon_ses":
         return _esp_field(event, "bounce", "bounceType") in ("Transient", "Undetermined")
     if esp == "resend":
         return _esp_field(event, "data", "bounce", "type") in ("Transient", "Undetermined")
@@ -95,7 +99,7 @@ def _is_soft_bounce(event: AnymailTrackingEvent, esp: str) -> bool:
 def classify(event: AnymailTrackingEvent, esp_name: str) -> str | None:
     """The event as one of Outcome's kinds, or None for what the report does not count
     (queued, sent, autoresponder, unknown)."""
-    esp = esp_name.lower().replace(" ", "_")
+    esp = _esp(esp_name)
     kind = event.event_type
     if kind == EventType.REJECTED:
         if event.reject_reason in _REJECT_AS_BOUNCE:
@@ -247,7 +251,8 @@ def _contact(
     """What the event means for the address. Suppressions apply whether or not a
     campaign's Delivery matched (a confirmation mail bounces too); the soft-bounce row
     counts campaign messages, each once (``counted``: the delivery's first soft bounce)."""
-    evidence = audience_services.Evidence(method=f"provider-{esp_name.lower()}")
+    # As EMAIL_PROVIDER names it: "Amazon SES" is provider-amazon_ses.
+    evidence = audience_services.Evidence(method=f"provider-{_esp(esp_name)}")
     detail = {
         "event": event.event_type,
         "campaign": (event.metadata or {}).get("campaign"),
