@@ -372,3 +372,39 @@ def test_sending_fills_the_sent_per_minute_line(db):
     tallies.timeline_add(campaign_id=campaign.pk, kind="sent", when=at(1.1), count=120)
     buckets = CampaignTimeline.objects.filter(campaign=campaign, kind="sent").order_by("start")
     assert [(b.start, b.count) for b in buckets] == [(at(0), 1000), (at(1), 120)]
+
+
+# --- From a real send --------------------------------------------------------------------
+
+
+def test_a_real_send_then_the_providers_webhooks_make_the_report(client, esp, sender, settings):
+    """The sender (through the fake Mailgun) stores message ids and the sent-per-minute
+    line; Mailgun's webhooks for those very messages fill in the rest."""
+    from campaigns import sending, services
+
+    settings.ANYMAIL = {**settings.ANYMAIL, **provider_events.anymail_settings()}
+    mount_tracking(settings, "mailgun")
+    settings.CAMPAIGN_CHUNK_SIZE = 2
+    for n in range(5):
+        ContactFactory(email=f"buyer{n}@example.com")
+    campaign = services.campaign_start(
+        campaign=Campaign.objects.create(name="Still here", subject="Hi", body="Hello")
+    )
+    for chunk in range(3):  # no worker here: the tasks wait for a commit that never comes
+        sending.chunk_send(campaign_id=campaign.pk, chunk=chunk)
+    campaign.refresh_from_db()
+    assert campaign.sent_count == 5
+    sent_line = reports.campaign_timeline(campaign)["sent"]
+    assert sum(n for _, n in sent_line) == 5
+
+    deliveries = list(Delivery.objects.filter(campaign=campaign).order_by("pk"))
+    assert all(d.message_id for d in deliveries)
+    mailgun = provider_events.Mailgun
+    for delivery in deliveries[:4]:
+        _post(client, mailgun, "delivered", delivery, timezone.now())
+    _post(client, mailgun, "hard_bounce", deliveries[4], timezone.now())
+    _post(client, mailgun, "clicked", deliveries[0], timezone.now(), SHOP).post(client)
+    figures = _figures(campaign)
+    assert (figures["sent"], figures["delivered"], figures["hard_bounced"]) == (5, 4, 1)
+    assert (figures["opened"], figures["clicked"]) == (1, 1)
+    assert reports.campaign_report(campaign).figure("delivered").percent == "80.0%"
