@@ -169,7 +169,7 @@ def feedback_record(*, event: AnymailTrackingEvent, esp_name: str) -> str:
         email = audience_services.normalize_email(event.recipient)
     except ValidationError:
         return "ignored: no recipient"
-    contact = Contact.objects.filter(email=email).first()
+    contact = Contact.objects.filter(email=email).only("pk", "status", "soft_bounce_count").first()
     if contact is None:
         return "ignored: unknown recipient"  # erased, or never ours
     outcome = classify(event, esp_name)
@@ -279,6 +279,6 @@ def _contact(
                 contact=contact, evidence=evidence, detail={**detail, "soft_bounce": True}
             )
         return "soft bounce"
-    if outcome == Outcome.DELIVERED and counted:
+    if outcome == Outcome.DELIVERED and counted and contact.soft_bounce_count:
         audience_services.contact_soft_bounce_reset(contact=contact)
     return outcome
