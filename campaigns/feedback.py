@@ -81,6 +81,8 @@ def _is_soft_bounce(event: AnymailTrackingEvent, esp: str) -> bool:
     if esp == "postmark":
         return _esp_field(event, "Type") == "SoftBounce"
     if esp == "amazon_ses":
+        # SES: Permanent is hard; Transient (mailbox full, too large) and Undetermined
+        # (SES could not tell) may clear up, so they wait for the soft-bounce row.
         return _esp_field(event, "bounce", "bounceType") in ("Transient", "Undetermined")
     if esp == "resend":
         return _esp_field(event, "data", "bounce", "type") in ("Transient", "Undetermined")

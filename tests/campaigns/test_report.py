@@ -408,3 +408,22 @@ def test_a_real_send_then_the_providers_webhooks_make_the_report(client, esp, se
     assert (figures["sent"], figures["delivered"], figures["hard_bounced"]) == (5, 4, 1)
     assert (figures["opened"], figures["clicked"]) == (1, 1)
     assert reports.campaign_report(campaign).figure("delivered").percent == "80.0%"
+
+
+def test_erasing_a_contact_takes_their_clicks_and_keeps_the_campaigns_figures(client, webhooks):
+    from audience.services import contact_erase
+    from campaigns.models import LinkClick
+
+    provider = provider_events.Postmark
+    webhooks(provider)
+    campaign, d = _sent_campaign(provider, ["gone@example.com", "stay@example.com"])
+    _post(client, provider, "clicked", d["gone@example.com"], at(61), SHOP)
+    _post(client, provider, "clicked", d["stay@example.com"], at(62), SHOP)
+    contact_erase(contact=d["gone@example.com"].contact, actor="owner")
+    assert not Delivery.objects.filter(pk=d["gone@example.com"].pk).exists()
+    assert list(LinkClick.objects.values_list("delivery_id", flat=True)) == [
+        d["stay@example.com"].pk
+    ]
+    # The counts are anonymous: what the campaign reached does not change.
+    assert _figures(campaign)["clicked"] == 2
+    assert reports.campaign_links(campaign)[0]["clickers"] == 2
