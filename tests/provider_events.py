@@ -136,6 +136,10 @@ class Mailgun:
                                                 "message": "5.1.1 No such user",
                                                 "description": ""}},
             "complained": {"event": "complained"},
+            # Mailgun refused to send it at all (a policy, a suppression it keeps).
+            "rejected": {"event": "rejected",
+                         "reject": {"reason": "Sending disabled for this domain",
+                                    "description": ""}},
             "opened": {"event": "opened", "client-info": {"client-type": "browser",
                                                           "user-agent": "Mozilla/5.0"}},
             "clicked": {"event": "clicked", "url": url,

@@ -427,3 +427,16 @@ def test_erasing_a_contact_takes_their_clicks_and_keeps_the_campaigns_figures(cl
     # The counts are anonymous: what the campaign reached does not change.
     assert _figures(campaign)["clicked"] == 2
     assert reports.campaign_links(campaign)[0]["clickers"] == 2
+
+
+def test_failed_counts_the_senders_failures_and_the_providers_refusals(client, webhooks):
+    provider = provider_events.Mailgun
+    webhooks(provider)
+    campaign, d = _sent_campaign(provider, ["a@example.com", "b@example.com", "c@example.com"])
+    Campaign.objects.filter(pk=campaign.pk).update(failed_count=1)  # as the sender counts it
+    _post(client, provider, "rejected", d["a@example.com"], at(1)).post(client)
+    figures = _figures(campaign)
+    assert figures["failed"] == 2
+    assert reports.campaign_report(campaign).figure("failed").percent == "66.7%"
+    d["a@example.com"].contact.refresh_from_db()
+    assert d["a@example.com"].contact.status == "subscribed"  # a refusal is not a bounce
