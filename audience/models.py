@@ -152,6 +152,10 @@ class Contact(models.Model):
     # request; the confirmation itself and every suppression close it, so a link from an
     # earlier request (or one older than an unsubscribe) confirms nothing.
     optin_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Campaign messages in a row that soft-bounced (mailbox full, greylisted, …); at
+    # SOFT_BOUNCE_LIMIT the contact is suppressed as bounced, and a delivered message
+    # sets it back to 0 (campaigns.feedback). db_default: bulk paths insert in raw SQL.
+    soft_bounce_count = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
 
     class Meta:
         indexes = [

@@ -786,3 +786,42 @@ def demo_form_ensure() -> SignupForm:
     if created:
         form.tags.add(tag_get_or_create(name="demo"))
     return form
+
+
+# --- Soft bounces (campaigns.feedback calls these once per campaign message) -----------
+
+
+@transaction.atomic
+def contact_soft_bounce(
+    *, contact: Contact, evidence: Evidence, detail: dict | None = None
+) -> Contact:
+    """One more campaign message in a row soft-bounced (the provider's temporary failure).
+
+    At SOFT_BOUNCE_LIMIT in a row the address is treated as bounced: suppressed with a
+    ConsentEvent, like a hard bounce. The caller counts each message once (the first soft
+    bounce of its Delivery), so a provider's retries of one message are one in the row.
+    """
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    contact.soft_bounce_count += 1
+    contact.save(update_fields=["soft_bounce_count"])
+    limit = settings.SOFT_BOUNCE_LIMIT
+    if contact.soft_bounce_count >= limit and contact.status not in SUPPRESSED:
+        detail = {
+            **(detail or {}),
+            "soft_bounces": contact.soft_bounce_count,
+            "reason": f"{contact.soft_bounce_count} messages in a row soft-bounced "
+            f"(SOFT_BOUNCE_LIMIT={limit})",
+        }
+        return contact_suppress(
+            contact=contact, status=Status.BOUNCED, evidence=evidence, detail=detail
+        )
+    return contact
+
+
+def contact_soft_bounce_reset(*, contact: Contact) -> bool:
+    """A campaign message reached the address: its soft bounces are no longer in a row.
+    A conditional UPDATE, so the usual delivered event with nothing to reset writes
+    nothing."""
+    return bool(
+        Contact.objects.filter(pk=contact.pk, soft_bounce_count__gt=0).update(soft_bounce_count=0)
+    )

@@ -263,6 +263,7 @@ class CampaignAdmin(admin.ModelAdmin):
             view(self.cancel_view, "cancel", "<int:object_id>/cancel/"),
             view(self.unschedule_view, "unschedule", "<int:object_id>/unschedule/"),
             view(self.progress_view, "progress", "<int:object_id>/progress/"),
+            view(self.report_csv_view, "report_csv", "<int:object_id>/report.csv"),
             *super().get_urls(),
         ]
 
@@ -308,6 +309,7 @@ class CampaignAdmin(admin.ModelAdmin):
             context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
             context["status_labels"] = dict(Campaign.Status.choices)
+            context.update(self._report_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def audience_count_view(self, request: HttpRequest) -> JsonResponse:
@@ -517,3 +519,42 @@ class CampaignAdmin(admin.ModelAdmin):
             segments=Segment.objects.all()[:200],
         )
         return TemplateResponse(request, "admin/campaigns/campaign/emergency.html", context)
+
+    # --- The report (campaigns.reports) ---
+
+    def _report_context(self, request: HttpRequest, campaign: Campaign) -> dict:
+        """The report's figures once the campaign has started (templates/admin/campaigns/
+        campaign/_report.html reads them)."""
+        from campaigns import reports
+
+        if campaign.started_at is None and campaign.status in EDITABLE:
+            return {}
+        return {
+            "report": reports.campaign_report(campaign),
+            "report_timeline": reports.campaign_timeline(campaign),
+            "report_links": reports.campaign_links(campaign),
+            "may_export_recipients": can_export_recipients(request),
+        }
+
+    def report_csv_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Who got the campaign and what happened to each message, as CSV, streamed."""
+        from django.http import StreamingHttpResponse
+
+        from campaigns import reports
+
+        campaign = self._campaign(request, object_id, change=False)
+        if not can_export_recipients(request):
+            raise PermissionDenied
+        response = StreamingHttpResponse(
+            reports.stream_delivery_csv(campaign), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = (
+            f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
+        )
+        return response
+
+
+def can_export_recipients(request: HttpRequest) -> bool:
+    """The recipients' CSV holds every contact's address: the same permission as the
+    contact export (audience's export_contact), not just viewing the campaign."""
+    return request.user.has_perm(f"{Contact._meta.app_label}.export_contact")

@@ -214,6 +214,17 @@ class Delivery(models.Model):
     error = models.TextField(blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     clicked_at = models.DateTimeField(null=True, blank=True)
+    # What the provider said afterwards (campaigns.feedback): the first event of each kind
+    # sets its time, once, and only that first change moves the campaign's counters, so a
+    # webhook the provider posts twice counts once. Nullable, no index: the snapshot's
+    # INSERT…SELECT does not name them and the sender's write stays a HOT update.
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    deferred_at = models.DateTimeField(null=True, blank=True)
+    soft_bounced_at = models.DateTimeField(null=True, blank=True)
+    hard_bounced_at = models.DateTimeField(null=True, blank=True)
+    complained_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    rejected_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -302,3 +313,99 @@ class CampaignEvent(models.Model):
     @property
     def actor_display(self) -> str:
         return self.actor or "system"
+
+
+# --- The campaign report (campaigns.feedback writes, campaigns.reports reads) -----------
+
+
+class CampaignReport(models.Model):
+    """What providers reported for one campaign, counted as the events arrive.
+
+    Each counter moves (with F()) only when a Delivery's state really changes (its first
+    delivered_at, first opened_at, …), so the report reads one row instead of counting a
+    million deliveries, and a duplicate webhook changes nothing. Sent and failed are the
+    sender's own counters on Campaign.
+    """
+
+    campaign = models.OneToOneField(
+        Campaign, on_delete=models.CASCADE, primary_key=True, related_name="report"
+    )
+    delivered = models.PositiveIntegerField(default=0)
+    deferred = models.PositiveIntegerField(default=0)
+    soft_bounced = models.PositiveIntegerField(default=0)
+    hard_bounced = models.PositiveIntegerField(default=0)
+    complained = models.PositiveIntegerField(default=0)
+    unsubscribed = models.PositiveIntegerField(default=0)
+    opened = models.PositiveIntegerField(default=0)
+    clicked = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(
+        default=0, help_text="Refused or dropped by the provider after it accepted the message."
+    )
+
+    def __str__(self) -> str:
+        return f"Report of campaign {self.campaign_id}"
+
+
+class CampaignTimeline(models.Model):
+    """One bucket of the report's chart: how many messages were sent or delivered in a
+    minute, or opened or clicked (first time per recipient) in an hour."""
+
+    class Kind(models.TextChoices):
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered"
+        OPENED = "opened", "Opened"
+        CLICKED = "clicked", "Clicked"
+
+    # campaign_timeline_once (campaign, kind, start) serves the campaign's lookups.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="timeline", db_index=False
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "kind", "start"], name="campaign_timeline_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.kind} {self.start:%Y-%m-%d %H:%M}: {self.count}"
+
+
+class CampaignLink(models.Model):
+    """A link of a campaign that the provider reported a click on, with how many
+    recipients clicked it (each counted once, however often they clicked)."""
+
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="links", db_index=False
+    )
+    url = models.CharField(max_length=2000)
+    clickers = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "url"], name="campaign_link_once")
+        ]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class LinkClick(models.Model):
+    """That one recipient (delivery) clicked one link: the row that makes a repeated or
+    re-posted click count once in CampaignLink.clickers."""
+
+    link = models.ForeignKey(CampaignLink, on_delete=models.CASCADE, related_name="clicks")
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, db_constraint=False, related_name="+"
+    )
+    clicked_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["link", "delivery"], name="link_click_once")]
+
+    def __str__(self) -> str:
+        return f"{self.link_id}←{self.delivery_id}"

@@ -56,7 +56,7 @@ from django.utils import timezone
 
 from audience.emails import is_refusal, is_setup_problem, is_too_many, is_transient
 from audience.models import Contact
-from campaigns import ratelimit
+from campaigns import ratelimit, tallies
 
 # Status changes are the lifecycle's (each with its CampaignEvent); the sender asks.
 from campaigns.lifecycle import campaign_finish_if_done, campaign_pause_by_provider
@@ -934,6 +934,10 @@ def _count(campaign_id: int, result: ChunkResult, marked: _Marked, *, failed_chu
     if marked.skipped:
         updates["total_count"] = F("total_count") - marked.skipped
     Campaign.objects.filter(pk=campaign_id).update(**updates)
+    if marked.sent:  # the report's "sent per minute" (one bucket row per chunk)
+        tallies.timeline_add(
+            campaign_id=campaign_id, kind=tallies.Kind.SENT, when=timezone.now(), count=marked.sent
+        )
 
 
 @dataclass

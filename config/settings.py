@@ -235,6 +235,9 @@ CAMPAIGN_AUTO_RESUME_BACKOFF_MAX = env_float(
     "CAMPAIGN_AUTO_RESUME_BACKOFF_MAX", 1800.0, minimum=0.1
 )
 CAMPAIGN_MAX_RETRIES = env_int("CAMPAIGN_MAX_RETRIES", 8, minimum=0)
+# Campaign messages in a row that may soft-bounce (mailbox full, greylisting, …) before
+# the contact is suppressed as bounced; a delivered message starts the count again.
+SOFT_BOUNCE_LIMIT = env_int("SOFT_BOUNCE_LIMIT", 3, minimum=1)
 CAMPAIGN_RETRY_BACKOFF = env_float("CAMPAIGN_RETRY_BACKOFF", 5.0, minimum=0)
 CAMPAIGN_RETRY_BACKOFF_MAX = env_float("CAMPAIGN_RETRY_BACKOFF_MAX", 300.0, minimum=0)
 # Optional mailto for List-Unsubscribe, next to the one-click HTTPS URL.

@@ -1,6 +1,6 @@
-"""Reserved for the campaign report work (soft bounces counted per contact)."""
+"""Soft bounces in a row, counted per contact (the campaign report work)."""
 
-from django.db import migrations
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -8,4 +8,10 @@ class Migration(migrations.Migration):
         ("audience", "0012_segment"),
     ]
 
-    operations = []
+    operations = [
+        migrations.AddField(
+            model_name="contact",
+            name="soft_bounce_count",
+            field=models.PositiveSmallIntegerField(db_default=0, default=0, editable=False),
+        ),
+    ]
