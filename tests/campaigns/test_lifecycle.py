@@ -366,6 +366,8 @@ def _campaign_receiver(node: ast.AST, assigned: dict[str, list[ast.AST]], depth=
         return False
     if root.id == "Campaign":
         return True
+    if root.id[:1].isupper():
+        return False  # another model (CampaignReport, CampaignEvent): not Campaign's table
     if root.id in assigned:
         return any(_campaign_receiver(v, assigned, depth + 1) for v in assigned[root.id])
     return "campaign" in root.id.lower()
