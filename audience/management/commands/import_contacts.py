@@ -23,9 +23,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--new-status",
             choices=list(importing.NEW_STATUS_CHOICES),
-            default="none",
-            help="none: store without subscribing; pending: send double opt-in; "
-            "consent: subscribe rows that carry consent evidence (default: none)",
+            default="file",
+            help="file: follow the file (subscribed where the platform's own consent "
+            "columns prove it, its opt-outs kept, the rest stored); none: store without "
+            "subscribing; pending: send double opt-in; consent: subscribe rows that carry "
+            "consent evidence, in any column (default: file)",
         )
         parser.add_argument("--tags", default="", help="comma-separated tags to add")
         parser.add_argument("--source", default=None, help="source label (default: profile)")
