@@ -63,6 +63,14 @@ def neutralise(value: str) -> str:
     return value
 
 
+def restore(value: str) -> str:
+    """neutralise() undone, exactly: the cell as it was before the export guarded it.
+    (A cell that really began with an apostrophe was not guarded, so it keeps it.)"""
+    if value.startswith("'") and neutralise(value[1:]) == value:
+        return value[1:]
+    return value
+
+
 def _same(value: str) -> str:
     return value
 

@@ -59,8 +59,7 @@ def _why(mode: str, job: ImportJob, profile: Profile) -> str:
             "You chose to subscribe every row that carries consent evidence in any "
             "column (a consent column saying yes, or an opt-in, confirmation or consent "
             "time), on your word that it was collected; that evidence is kept on each "
-            "contact's consent record. Rows without it are stored without subscribing. "
-            + kept
+            "contact's consent record. Rows without it are stored without subscribing. " + kept
         )
     if proves_consent(job.columns, job.mapping, profile):
         return (

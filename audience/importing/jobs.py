@@ -72,8 +72,8 @@ from audience.importing.upsert import (
     NEW_STATUS_CHOICES,
     ImportContext,
     TagCache,
-    stored_attributes,
     import_chunk,
+    stored_attributes,
 )
 from audience.models import ImportJob
 from audience.services import clean_text

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 
+from audience.exporting import restore
 from audience.services import normalize_email, normalize_phone
 
 # Stronger signals win when a file lists one address twice.
@@ -171,6 +172,9 @@ class RowParser:
         self.header = header
         self.mapping = mapping
         self.tag_style = tag_style
+        # Stillhere's own export (the "stillhere" style): the formula guard its CSV put
+        # on a cell is taken off again, so a move between installs loses nothing.
+        self.restore = tag_style == "stillhere"
         self.index: dict[str, int] = {}
         self.attribute_columns: list[tuple[int, str]] = []
         self.evidence_columns: list[tuple[int, str]] = []
@@ -200,6 +204,8 @@ class RowParser:
         """Raise RowError with the reason when the row cannot become a contact."""
         # The hot loop of a million-row import: plain index lookups, no per-cell calls
         # for columns the file does not have.
+        if self.restore:
+            row = [restore(cell) if cell and cell[0] == "'" else cell for cell in row]
         get = self._get
         raw_email = get(row, "email")
         if not raw_email.strip():
@@ -268,7 +274,7 @@ class RowParser:
 
 def source_of(value: str) -> tuple[str, str]:
     """A Stillhere export's source cell → (Contact.Source, import label)."""
-    value = _text(value.lstrip("'"), 200)  # "'" : a formula guard a spreadsheet kept
+    value = _text(value, 200)
     kind, colon, label = value.partition(":")
     kind = kind.strip().lower()
     if kind in SOURCES and (colon == "" or kind == "import"):

@@ -323,7 +323,10 @@ def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> New
     outcome = _decide(None, record, ctx, now)
     created = _when(record.created, now) if record.created else None
     if outcome.status in SUPPRESSED:
-        when = _when(ev.get("unsub_time") or ev.get("clean_time"), now)
+        stamp = ev.get("unsub_time") or ev.get("clean_time")
+        # A Stillhere row's empty unsubscribed_at stays empty (a move loses nothing);
+        # another platform's opt-out without a time is dated by this import.
+        when = None if stamp is None and "status" in ev else _when(stamp, now)
         # When they once confirmed stays on record (a Stillhere move, Mailchimp's
         # CONFIRM_TIME): history, not consent; the status is what is obeyed.
         confirmed = _when(ev["confirm_time"], now) if "confirm_time" in ev else None
