@@ -17,7 +17,7 @@ The rules (ARCHITECTURE.md, "Consent moves only forward by its owner's act"):
   ones at most once per BOUNCED_RESEND, complained ones never. It never overwrites what
   the contact told us (names, phone).
 - An import never raises a known contact's status; it only moves it towards
-  suppression (the file's own unsubscribed or bounced rows), never back.
+  suppression (the file's own unsubscribed, bounced or complained rows), never back.
 - A confirm link confirms only the request it was issued for (`may_confirm`): the
   request is closed by the confirmation and by every suppression, so an old link
   cannot undo an unsubscribe.

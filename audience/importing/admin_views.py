@@ -34,8 +34,8 @@ EXPORT_PERMISSION = "audience.export_contact"
 class UploadForm(forms.Form):
     file = forms.FileField(
         help_text="CSV (comma, semicolon or tab; UTF-8, UTF-16 or Windows-1252) or XLSX: "
-        "a Mailchimp, Shopify, Klaviyo, Meta Lead Ads or WooCommerce export, or any sheet "
-        "with an email column."
+        "a Mailchimp, Shopify, Klaviyo, Meta Lead Ads or WooCommerce export, another "
+        "Stillhere's contact export, or any sheet with an email column."
     )
     unknown = forms.ChoiceField(
         label="Columns Stillhere does not know",

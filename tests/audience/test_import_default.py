@@ -214,3 +214,8 @@ def test_the_import_label_is_the_contact_s_source_in_the_preview_and_the_export(
     assert exported["source"] == "import: shopify-2026"
     assert "shopify-2026" not in exported["attributes"]  # said once, in the source column
     assert ines.consent_events.get().detail["source"] == "shopify-2026"
+    # The contact list and the contact's page say the same as the export.
+    listing = admin_client_.get(reverse("admin:audience_contact_changelist")).content.decode()
+    assert '<td class="field-source_label">import: shopify-2026</td>' in listing
+    page = admin_client_.get(reverse("admin:audience_contact_change", args=[ines.pk]))
+    assert "import: shopify-2026" in page.content.decode()

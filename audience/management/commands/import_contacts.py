@@ -15,7 +15,8 @@ from audience.importing.profiles import BY_KEY
 class Command(BaseCommand):
     help = (
         "Import contacts from a CSV or XLSX file (Mailchimp, Shopify, Klaviyo, Meta Lead Ads, "
-        "WooCommerce or any sheet with an email column). Never re-subscribes anyone."
+        "WooCommerce, a Stillhere export or any sheet with an email column). Never "
+        "re-subscribes anyone."
     )
 
     def add_arguments(self, parser):
