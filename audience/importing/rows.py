@@ -283,6 +283,17 @@ def source_of(value: str) -> tuple[str, str]:
     return ("import", value[:100]) if value else ("", "")
 
 
+def _without_nul(value):
+    """NUL is the one character PostgreSQL cannot store, in text or in JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def _json_attributes(record: Record, cell: str) -> None:
     """A Stillhere export's attributes cell (a JSON object) → the record's attributes.
     A cell that is not one is kept whole, as the attribute "attributes": lost it is not."""
@@ -296,5 +307,7 @@ def _json_attributes(record: Record, cell: str) -> None:
     for key, item in value.items():
         name = _text(str(key), 100)
         if name and item is not None:
-            # Numbers, lists and objects another writer stored stay what they were.
-            record.attributes[name] = _text(item, 1000) if isinstance(item, str) else item
+            # As the other install stored them: a string keeps its tabs and line breaks
+            # (JSON carries them safely), numbers, lists and objects stay what they were.
+            # NUL aside, which no PostgreSQL column can hold.
+            record.attributes[name] = _without_nul(item[:1000] if isinstance(item, str) else item)

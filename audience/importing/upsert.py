@@ -332,9 +332,15 @@ def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> New
         confirmed = _when(ev["confirm_time"], now) if "confirm_time" in ev else None
         return NewContact(record, outcome.status, confirmed, when, False, created)
     if outcome.status == Status.SUBSCRIBED:
-        when = _when(ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time"), now)
-        # A Stillhere contact who unsubscribed once and confirmed again keeps both times.
-        unsub = _when(ev["unsub_time"], now) if "status" in ev and "unsub_time" in ev else None
+        stamp = ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time")
+        if "status" in ev:
+            # A Stillhere row's times are kept as they are: an empty confirmed_at (a
+            # contact the owner added by hand) stays empty, and one who unsubscribed once
+            # and confirmed again keeps both.
+            when = _when(stamp, now) if stamp else None
+            unsub = _when(ev["unsub_time"], now) if "unsub_time" in ev else None
+        else:
+            when, unsub = _when(stamp, now), None
         return NewContact(record, Status.SUBSCRIBED, when, unsub, False, created)
     return NewContact(record, outcome.status, None, None, outcome.mail, created)
 

@@ -48,7 +48,9 @@ def seed() -> None:
              confirmed_at=at(3)),
         dict(email="zoe@example.com", status="subscribed", phone="+33612345678",
              source="import", confirmed_at=at(7), first_name="Zoë", last_name="Ünal",
-             attributes={"import_source": "mailchimp"}),
+             attributes={"import_source": "mailchimp", "html": "<b>Tom & Jerry</b>\tx"}),
+        dict(email="byhand@example.com", status="subscribed", phone="", source="admin",
+             attributes={"vip": True, "sizes": ["S", "M"]}),
     ]  # fmt: skip
     for i, fields in enumerate(rows):
         fields.setdefault("first_name", f"First{i}")
@@ -108,7 +110,7 @@ def test_a_stillhere_export_imports_into_a_fresh_install_as_it_was(fmt):
     assert (event.status_after, event.detail["evidence"]["status"]) == ("complained", "complained")
     pend = Contact.objects.get(email="pend@example.com")
     assert (pend.confirmation_due, pend.confirmation_sent_at) == (False, None)
-    assert Contact.objects.filter(status="subscribed").count() == 3
+    assert Contact.objects.filter(status="subscribed").count() == 4
 
     # And a second move from here carries the same file.
     again = b"".join(stream(Contact.objects.all()))
@@ -145,12 +147,15 @@ def test_a_stillhere_file_never_resubscribes_a_contact_who_left_here():
         "2025-03-01T09:00:00+00:00,,\n"
         "pend@example.com,C,D,,complained,,form,2025-03-01T09:00:00+00:00,,"
         "2025-03-02T09:00:00+00:00,not json\n"
+        'nul@example.com,E,F,,pending,,form,,,,"{""a"": ""x\\u0000y"", ""b"": [""\\u0000""]}"\n'
     ).encode()
     import_file(data, "contacts.csv")
     assert Contact.objects.get(email="sub@example.com").status == "unsubscribed"
     pend = Contact.objects.get(email="pend@example.com")
     assert pend.status == "complained"  # the file's own complaint suppresses
     assert pend.attributes["attributes"] == "not json"  # not an object: kept, not lost
+    # A NUL that no database column can hold is dropped, not the contact.
+    assert Contact.objects.get(email="nul@example.com").attributes == {"a": "xy", "b": [""]}
 
 
 def test_an_export_written_before_the_phone_fix_imports_its_phones_and_names():
