@@ -79,7 +79,9 @@ class TagFilter(admin.SimpleListFilter):
 
 @admin.register(Contact)
 class ContactAdmin(admin.ModelAdmin):
-    list_display = ["email", "first_name", "last_name", "phone", "status", "source", "created_at"]
+    list_display = [
+        "email", "first_name", "last_name", "phone", "status", "source_label", "created_at",
+    ]  # fmt: skip
     list_filter = [
         "status",
         TagFilter,
@@ -97,7 +99,7 @@ class ContactAdmin(admin.ModelAdmin):
     list_per_page = 50
     action_form = TagActionForm
     actions = ["tag_selected", "untag_selected", "unsubscribe_selected", "export_selected"]
-    readonly_fields = ["status", "source", "signup_form", "created_at", "updated_at",
+    readonly_fields = ["status", "source_label", "signup_form", "created_at", "updated_at",
                        "confirmed_at", "unsubscribed_at", "gdpr"]  # fmt: skip
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
     filter_horizontal = ["tags"]
@@ -223,6 +225,13 @@ class ContactAdmin(admin.ModelAdmin):
         from audience.importing.admin_views import export_response
 
         return export_response(queryset, "csv")
+
+    @admin.display(description="Source", ordering="source")
+    def source_label(self, obj: Contact) -> str:
+        # As the export writes it: "import: shopify-2026" for a labelled import.
+        from audience.exporting import source_text
+
+        return source_text(obj.source, obj.attributes)
 
 
 @admin.register(SignupForm)

@@ -17,7 +17,7 @@ The rules (ARCHITECTURE.md, "Consent moves only forward by its owner's act"):
   ones at most once per BOUNCED_RESEND, complained ones never. It never overwrites what
   the contact told us (names, phone).
 - An import never raises a known contact's status; it only moves it towards
-  suppression (the file's own unsubscribed or bounced rows), never back.
+  suppression (the file's own unsubscribed, bounced or complained rows), never back.
 - A confirm link confirms only the request it was issued for (`may_confirm`): the
   request is closed by the confirmation and by every suppression, so an old link
   cannot undo an unsubscribe.
@@ -51,6 +51,7 @@ class Ask(enum.StrEnum):
     STORE = "store"  # keep the contact, ask nothing (an import's "none", a declined row)
     UNSUBSCRIBED = "unsubscribed"  # a file's own opt-out
     BOUNCED = "bounced"  # a file's own cleaned / bounced row
+    COMPLAINED = "complained"  # a file's own complaint (a Stillhere export's status)
 
 
 class Via(enum.StrEnum):
@@ -123,6 +124,8 @@ def _new(incoming: Incoming) -> Outcome:
         return Outcome(Status.UNSUBSCRIBED, event=True)
     if ask == Ask.BOUNCED:
         return Outcome(Status.BOUNCED, event=True)
+    if ask == Ask.COMPLAINED:
+        return Outcome(Status.COMPLAINED, event=True)
     if ask == Ask.SUBSCRIBE:
         return Outcome(Status.SUBSCRIBED, event=True)
     if ask == Ask.CONFIRM_FIRST:
@@ -131,11 +134,18 @@ def _new(incoming: Incoming) -> Outcome:
     return Outcome(Status.PENDING, event=True)
 
 
+_SUPPRESSING = {
+    Ask.UNSUBSCRIBED: Status.UNSUBSCRIBED,
+    Ask.BOUNCED: Status.BOUNCED,
+    Ask.COMPLAINED: Status.COMPLAINED,
+}
+
+
 def _known_import(current: State, incoming: Incoming) -> Outcome:
     """The shop's file fills gaps, and can only move a contact towards suppression."""
     status = current.status
-    if incoming.ask in (Ask.UNSUBSCRIBED, Ask.BOUNCED) and status not in SUPPRESSED:
-        after = Status.UNSUBSCRIBED if incoming.ask == Ask.UNSUBSCRIBED else Status.BOUNCED
+    if incoming.ask in _SUPPRESSING and status not in SUPPRESSED:
+        after = _SUPPRESSING[incoming.ask]
         return Outcome(after, event=True, close_request=True, fill_gaps=True)
     return Outcome(status, fill_gaps=True)
 

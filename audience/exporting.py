@@ -5,10 +5,18 @@ each batch in one more query, and written out batch by batch. The XLSX is writte
 hand (inline strings, no shared-string table) straight into a streaming zip, because
 openpyxl and tablib build the whole workbook in memory first.
 
-Every cell that a spreadsheet would read as a formula (=, +, -, @, tab, CR at the
-start) is prefixed with an apostrophe: OWASP's advice against CSV injection. A phone
-number in E.164 therefore reads '+4930123456 in the file, which spreadsheets display
-as text, the way a phone number should be.
+In the CSV, every cell that a spreadsheet would read as a formula is prefixed with an
+apostrophe (OWASP's advice against CSV injection): one starting with =, @, tab or CR,
+and one starting with + or - unless what follows is a plain number, which no
+spreadsheet can turn into a call. A phone number in E.164 (+4930123456) is therefore
+written as it is, so the file imports into Shopify, Mailchimp or another Stillhere as
+it came out. The XLSX needs no guard at all: its cells are typed inline strings, which
+a spreadsheet shows as text and never evaluates.
+
+The columns are Stillhere's own import profile (importing/profiles.py STILLHERE): a move
+between two installs keeps status, consent times, tags, source and attributes. The
+source column reads "import: <label>" for a contact imported with a label (the label
+is kept in the attribute import_source, which the attributes column then leaves out).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import re
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -30,29 +39,60 @@ BATCH = 5000
 BLOCK = 256 * 1024  # bytes per streamed piece on the COPY path
 COLUMNS = (
     "email", "first_name", "last_name", "phone", "status", "tags", "source",
-    "created_at", "confirmed_at", "unsubscribed_at",
+    "created_at", "confirmed_at", "unsubscribed_at", "attributes",
 )  # fmt: skip
 _FIELDS = (
     "id", "email", "first_name", "last_name", "phone", "status", "source",
-    "created_at", "confirmed_at", "unsubscribed_at",
+    "created_at", "confirmed_at", "unsubscribed_at", "attributes",
 )  # fmt: skip
+# Where the import label lives (see the module docstring and Contact.source_text).
+LABEL_KEY = "import_source"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SIGNED = ("+", "-")
+# What may follow a leading + or - and still be inert: a number, an E.164 phone.
+_PLAIN_NUMBER = re.compile(r"[+-][0-9]+(?:\.[0-9]+)?")
 _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def neutralise(value: str) -> str:
-    """Make a cell inert in Excel, LibreOffice and Google Sheets."""
+    """Make a CSV cell inert in Excel, LibreOffice and Google Sheets."""
     if value and value.startswith(_FORMULA_START):
+        if value.startswith(_SIGNED) and _PLAIN_NUMBER.fullmatch(value):
+            return value  # "+15035550201", "-2": a value, not a formula
         return "'" + value
     return value
+
+
+def restore(value: str) -> str:
+    """neutralise() undone, exactly: the cell as it was before the export guarded it.
+    (A cell that really began with an apostrophe was not guarded, so it keeps it.)"""
+    if value.startswith("'") and neutralise(value[1:]) == value:
+        return value[1:]
+    return value
+
+
+def _same(value: str) -> str:
+    return value
+
+
+def source_text(source: str, attributes: dict | None) -> str:
+    """The contact's source as the export (and the import preview) writes it."""
+    label = (attributes or {}).get(LABEL_KEY) if source == Contact.Source.IMPORT else None
+    return f"{source}: {label}" if isinstance(label, str) and label else source
+
+
+def _attributes_text(attributes: dict | None) -> str:
+    shown = {k: v for k, v in (attributes or {}).items() if k != LABEL_KEY}
+    return json.dumps(shown, ensure_ascii=False) if shown else ""
 
 
 def _stamp(value: dt.datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else ""
 
 
-def rows(queryset: QuerySet[Contact]) -> Iterator[list[list[str]]]:
-    """Batches of rows (COLUMNS order), already neutralised."""
+def rows(queryset: QuerySet[Contact], *, guard: bool = True) -> Iterator[list[list[str]]]:
+    """Batches of rows (COLUMNS order); with ``guard``, neutralised for a CSV."""
+    neutralise_ = neutralise if guard else _same
     through = Contact.tags.through
     last = 0
     base = queryset.order_by().values_list(*_FIELDS)
@@ -71,19 +111,21 @@ def rows(queryset: QuerySet[Contact]) -> Iterator[list[list[str]]]:
             for contact_id, name in pairs:
                 tags.setdefault(contact_id, []).append(name)
         out = []
-        for pk, email, first, last_name, phone, status, source, created, confirmed, unsub in batch:
+        for (pk, email, first, last_name, phone, status, source, created, confirmed, unsub,
+             attributes) in batch:  # fmt: skip
             out.append(
                 [
-                    neutralise(email),
-                    neutralise(first),
-                    neutralise(last_name),
-                    neutralise(phone),
+                    neutralise_(email),
+                    neutralise_(first),
+                    neutralise_(last_name),
+                    neutralise_(phone),
                     status,
-                    neutralise(", ".join(sorted(tags.get(pk, ()), key=str.lower))),
-                    source,
+                    neutralise_(", ".join(sorted(tags.get(pk, ()), key=str.lower))),
+                    neutralise_(source_text(source, attributes)),
                     _stamp(created),
                     _stamp(confirmed),
                     _stamp(unsub),
+                    neutralise_(_attributes_text(attributes)),
                 ]
             )
         yield out
@@ -95,13 +137,18 @@ def rows(queryset: QuerySet[Contact]) -> Iterator[list[list[str]]]:
 # formats the timestamps, neutralises formulas (the same rule as neutralise()) and, for
 # CSV, writes the CSV itself via COPY … TO STDOUT, so Python only passes bytes along.
 
-_PG_FORMULA_START = "('=', '+', '-', '@', chr(9), chr(13))"
+_PG_FORMULA_START = "('=', '@', chr(9), chr(13))"
 
 
 def _pg_neutral(expr: str) -> str:
     return (
-        f"CASE WHEN left({expr}, 1) IN {_PG_FORMULA_START} THEN chr(39) || {expr} ELSE {expr} END"
+        f"CASE WHEN left({expr}, 1) IN {_PG_FORMULA_START} OR (left({expr}, 1) IN ('+', '-') "
+        f"AND {expr} !~ '^[+-][0-9]+(\\.[0-9]+)?$') THEN chr(39) || {expr} ELSE {expr} END"
     )
+
+
+def _pg_same(expr: str) -> str:
+    return expr
 
 
 def _pg_stamp(expr: str) -> str:
@@ -109,7 +156,8 @@ def _pg_stamp(expr: str) -> str:
     return f"coalesce(to_char({expr} AT TIME ZONE 'UTC', '{fmt}'), '')"
 
 
-def _pg_select(queryset: QuerySet[Contact]) -> tuple[str, tuple]:
+def _pg_select(queryset: QuerySet[Contact], *, guard: bool = True) -> tuple[str, tuple]:
+    neutral = _pg_neutral if guard else _pg_same
     contact = Contact._meta.db_table
     through = Contact.tags.through._meta.db_table
     tag = Contact.tags.field.related_model._meta.db_table
@@ -134,10 +182,21 @@ def _pg_select(queryset: QuerySet[Contact]) -> tuple[str, tuple]:
             "ON t.id = ct.tag_id ORDER BY ct.contact_id, lower(t.name), t.id) s "
             "GROUP BY s.contact_id) tg ON tg.contact_id = c.id"
         )
+    # source_text() and _attributes_text(), in SQL.
+    label = f"c.attributes ->> '{LABEL_KEY}'"
+    source = (
+        f"CASE WHEN c.source = 'import' AND jsonb_typeof(c.attributes -> '{LABEL_KEY}') = "
+        f"'string' AND {label} <> '' THEN 'import: ' || ({label}) ELSE c.source END"
+    )
+    attributes = (
+        f"CASE WHEN (c.attributes - '{LABEL_KEY}') = '{{}}'::jsonb THEN '' "
+        f"ELSE (c.attributes - '{LABEL_KEY}')::text END"
+    )
     columns = [
-        _pg_neutral("c.email"), _pg_neutral("c.first_name"), _pg_neutral("c.last_name"),
-        _pg_neutral("c.phone"), "c.status", _pg_neutral(f"coalesce({tags}, '')"), "c.source",
+        neutral("c.email"), neutral("c.first_name"), neutral("c.last_name"),
+        neutral("c.phone"), "c.status", neutral(f"coalesce({tags}, '')"), neutral(source),
         _pg_stamp("c.created_at"), _pg_stamp("c.confirmed_at"), _pg_stamp("c.unsubscribed_at"),
+        neutral(attributes),
     ]  # fmt: skip
     sql = f"SELECT {', '.join(columns)} FROM {contact} c{joins}"  # noqa: S608
     params: tuple = ()
@@ -177,7 +236,7 @@ _PG_XML_ESCAPES = (
     ("' || chr(9) || '", "&#9;"), ("' || chr(10) || '", "&#10;"), ("' || chr(13) || '", "&#13;"),
 )  # fmt: skip
 # Cells that never need escaping: our own vocabulary and timestamps.
-_PG_SAFE_COLUMNS = {"status", "source", "created_at", "confirmed_at", "unsubscribed_at"}
+_PG_SAFE_COLUMNS = {"status", "created_at", "confirmed_at", "unsubscribed_at"}
 
 
 def _pg_xml_escaped(expr: str) -> str:
@@ -194,7 +253,7 @@ def _pg_xml_cell(expr: str, text: str) -> str:
 
 
 def _pg_stream_xlsx_rows(queryset: QuerySet[Contact]) -> Iterator[bytes]:
-    sql, params = _pg_select(queryset)
+    sql, params = _pg_select(queryset, guard=False)  # typed string cells: nothing to guard
     names = [f"c{i}" for i in range(len(COLUMNS))]
     free = [n for n, column in zip(names, COLUMNS, strict=True) if column not in _PG_SAFE_COLUMNS]
 
@@ -318,7 +377,7 @@ def stream_xlsx(queryset: QuerySet[Contact]) -> Iterator[bytes]:
                     yield sink.take()
             else:
                 number = 1
-                for batch in rows(queryset):
+                for batch in rows(queryset, guard=False):
                     parts = []
                     for row in batch:
                         number += 1

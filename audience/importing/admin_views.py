@@ -23,6 +23,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from audience import exporting, importing
+from audience.importing.consent_note import consent_note
 from audience.importing.jobs import INSPECT_LINES
 from audience.importing.profiles import BY_KEY, GENERIC, default_mapping
 from audience.models import Contact, ImportJob, Segment
@@ -34,8 +35,8 @@ EXPORT_PERMISSION = "audience.export_contact"
 class UploadForm(forms.Form):
     file = forms.FileField(
         help_text="CSV (comma, semicolon or tab; UTF-8, UTF-16 or Windows-1252) or XLSX: "
-        "a Mailchimp, Shopify, Klaviyo, Meta Lead Ads or WooCommerce export, or any sheet "
-        "with an email column."
+        "a Mailchimp, Shopify, Klaviyo, Meta Lead Ads or WooCommerce export, another "
+        "Stillhere's contact export, or any sheet with an email column."
     )
     unknown = forms.ChoiceField(
         label="Columns Stillhere does not know",
@@ -53,7 +54,8 @@ class OptionsForm(forms.Form):
         label="Source label",
         required=False,
         max_length=100,
-        help_text="Kept on new contacts (attribute import_source) and on each consent event.",
+        help_text="New contacts' source reads “import: <label>” in the contact list's "
+        "export (kept in the attribute import_source), and each consent event keeps it.",
     )
     new_status = forms.ChoiceField(
         label="New contacts become",
@@ -247,6 +249,7 @@ class ImportJobAdmin(admin.ModelAdmin):
                 columns=columns,
                 targets=importing.TARGETS.items(),
                 preview=preview,
+                consent=consent_note(job, preview.counts, profile) if preview else None,
                 error=error,
                 inspect_lines=INSPECT_LINES,
             ),

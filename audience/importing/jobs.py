@@ -38,7 +38,7 @@ from django.db import (
 from django.db.models import Q
 from django.utils import timezone
 
-from audience.exporting import neutralise
+from audience.exporting import neutralise, source_text
 from audience.importing.parsing import (
     Chunk,
     ParserSpec,
@@ -56,6 +56,7 @@ from audience.importing.profiles import (
     default_mapping,
     detect_profile,
     guess_email_column,
+    proves_consent,
 )
 from audience.importing.reading import (
     MAX_COLUMNS,
@@ -67,7 +68,13 @@ from audience.importing.reading import (
     detect,
 )
 from audience.importing.rows import Record, RowError
-from audience.importing.upsert import NEW_STATUS_CHOICES, ImportContext, TagCache, import_chunk
+from audience.importing.upsert import (
+    NEW_STATUS_CHOICES,
+    ImportContext,
+    TagCache,
+    import_chunk,
+    stored_attributes,
+)
 from audience.models import ImportJob
 from audience.services import clean_text
 
@@ -171,7 +178,9 @@ def job_create(
 
 
 def default_options(profile: Profile, *, unknown: str = "attribute") -> dict:
-    return {"tags": [], "source": profile.key, "new_status": "none", "unknown": unknown}
+    # "file": a migrating shop's subscribed export arrives subscribed (on its own
+    # evidence), not pending with nobody to send a blast to.
+    return {"tags": [], "source": profile.key, "new_status": "file", "unknown": unknown}
 
 
 def clean_options(raw: dict) -> dict:
@@ -179,7 +188,7 @@ def clean_options(raw: dict) -> dict:
     if isinstance(tags, str):
         tags = tags.split(",")
     tags = [clean_text(t, max_length=100, field="tags") for t in tags]
-    new_status = raw.get("new_status") or "none"
+    new_status = raw.get("new_status") or "file"
     unknown = raw.get("unknown") or "attribute"
     if new_status not in NEW_STATUS_CHOICES:
         raise ValueError(f"new_status must be one of {', '.join(NEW_STATUS_CHOICES)}")
@@ -206,13 +215,15 @@ def clean_mapping(job: ImportJob, mapping: list[str]) -> list[str]:
 
 def _context(job: ImportJob, *, actor: str = "") -> ImportContext:
     options = job.options or {}
+    profile = BY_KEY.get(job.profile, GENERIC)
     return ImportContext(
         job_id=job.pk,
         actor=actor or (job.created_by.get_username() if job.created_by else ""),
-        new_status=options.get("new_status", "none"),
+        new_status=options.get("new_status", "file"),
         source_label=options.get("source", ""),
         tag_names=tuple(options.get("tags", [])),
         file_name=job.original_name,
+        file_proves_consent=proves_consent(job.columns, job.mapping, profile),
     )
 
 
@@ -305,12 +316,15 @@ def _shown(record: Record, outcome: str, new: dict, changes: dict, ctx: ImportCo
         "attributes": record.attributes,
         "evidence": record.evidence,
         "status": "",
+        "source": "",
         "reason": "invalid phone number left out" if record.phone_dropped else "",
     }
     if record.email in new:
         item["status"] = new[record.email].status
-        if ctx.source_label:
-            item["attributes"] = {**record.attributes, "import_source": ctx.source_label}
+        # As the contact list's export will show it: "import: <label>", or a Stillhere
+        # row's own source.
+        attributes = stored_attributes(record, ctx)
+        item["source"] = source_text(record.source or "import", attributes)
     elif record.email in changes and changes[record.email].status_after:
         change = changes[record.email]
         item["status"] = f"{change.status_before} → {change.status_after}"

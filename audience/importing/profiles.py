@@ -26,10 +26,21 @@ TARGETS: dict[str, str] = {
     "consent_time": "Consent timestamp (consent evidence)",
     "unsub_time": "Unsubscribed at (marks the contact unsubscribed)",
     "clean_time": "Cleaned / bounced at (marks the contact bounced)",
+    "status": "Stillhere status (subscribed / pending / unsubscribed / bounced / complained)",
+    "source": "Source (form / admin / import: label)",
+    "created_time": "Created at",
+    "attributes_json": "Attributes (JSON object)",
     "attribute": "Keep as an attribute",
     "ignore": "Ignore",
 }
 EVIDENCE_TARGETS = ("optin_time", "optin_ip", "confirm_time", "confirm_ip", "consent_time")
+# The targets that carry a row's consent (or its opt-out): the default import mode
+# subscribes on them only when they come from the columns the detected platform itself
+# writes (see ``proves_consent``).
+CONSENT_TARGETS = frozenset(
+    {"consent", "optin_time", "confirm_time", "consent_time", "unsub_time", "clean_time",
+     "status"}
+)  # fmt: skip
 
 
 def header_key(name: str) -> str:
@@ -49,6 +60,9 @@ class Profile:
     ignored: frozenset[str] = frozenset()
     # How the platform separates several tags in one cell.
     tag_style: str = "comma"
+    # What the preview says a row's consent evidence is, in the platform's own words;
+    # empty: the platform writes none, and its rows are stored without subscribing.
+    evidence: str = ""
 
 
 _MAILCHIMP_IGNORED = frozenset(
@@ -85,6 +99,8 @@ MAILCHIMP = Profile(
     },
     ignored=_MAILCHIMP_IGNORED,
     tag_style="quoted",
+    evidence="an opt-in or confirmation time (OPTIN_TIME, CONFIRM_TIME), which Mailchimp "
+    "writes for members who subscribed; UNSUB_TIME and CLEAN_TIME mark who left or bounced",
 )
 
 KLAVIYO = Profile(
@@ -105,6 +121,8 @@ KLAVIYO = Profile(
         "tags": "tags",
     },
     ignored=frozenset({"klaviyo id", "id"}),
+    evidence="Email Marketing Consent = SUBSCRIBED (with its timestamp); UNSUBSCRIBED "
+    "marks who left",
 )
 
 SHOPIFY = Profile(
@@ -126,6 +144,8 @@ SHOPIFY = Profile(
         "tags": "tags",
     },
     ignored=frozenset({"customer id"}),
+    evidence="Accepts Email Marketing = yes, the customer's own opt-in at checkout or in "
+    "their account",
 )
 
 _META_IGNORED = frozenset(
@@ -179,9 +199,34 @@ WOOCOMMERCE = Profile(
     ignored=frozenset({"username", "last active", "customer id", "id"}),
 )
 
+# Stillhere's own export (audience/exporting.py COLUMNS): a move between two installs
+# keeps each contact's status, consent times, tags, source and attributes.
+STILLHERE = Profile(
+    key="stillhere",
+    label="Stillhere contact export",
+    signatures=(frozenset({"email", "status", "confirmed at", "unsubscribed at"}),),
+    columns={
+        "email": "email",
+        "first name": "first_name",
+        "last name": "last_name",
+        "phone": "phone",
+        "status": "status",
+        "tags": "tags",
+        "source": "source",
+        "created at": "created_time",
+        "confirmed at": "confirm_time",
+        "unsubscribed at": "unsub_time",
+        "attributes": "attributes_json",
+    },
+    tag_style="stillhere",
+    evidence="status = subscribed, with the time the contact confirmed (confirmed_at); "
+    "unsubscribed, bounced and complained contacts stay suppressed",
+)
+
 GENERIC = Profile(key="generic", label="Spreadsheet", signatures=())
 
-PROFILES = (MAILCHIMP, KLAVIYO, SHOPIFY, META_LEADS, WOOCOMMERCE)
+# Stillhere first: its header (email, phone, tags…) would otherwise pass for a sheet.
+PROFILES = (STILLHERE, MAILCHIMP, KLAVIYO, SHOPIFY, META_LEADS, WOOCOMMERCE)
 BY_KEY = {p.key: p for p in (*PROFILES, GENERIC)}
 
 # Any sheet: the names people give these columns, in any case.
@@ -213,6 +258,19 @@ def detect_profile(header: list[str]) -> Profile:
         if any(sig <= keys for sig in profile.signatures):
             return profile
     return GENERIC
+
+
+def proves_consent(header: list[str], mapping: list[str], profile: Profile) -> bool:
+    """Whether the file's consent columns are the platform's own: the default import mode
+    subscribes a row on its evidence only then. A sheet of unknown origin, or a column the
+    owner pointed at "consent" by hand, is the owner's word, not the file's: that takes
+    the explicit "subscribed with consent evidence" mode."""
+    if not profile.evidence:
+        return False
+    for name, target in zip(header, mapping, strict=False):
+        if target in CONSENT_TARGETS and profile.columns.get(header_key(name)) != target:
+            return False
+    return any(target in CONSENT_TARGETS for target in mapping)
 
 
 def default_mapping(header: list[str], profile: Profile, *, unknown: str) -> list[str]:

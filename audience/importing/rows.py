@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 
+from audience.exporting import restore
 from audience.services import normalize_email, normalize_phone
 
 # Stronger signals win when a file lists one address twice.
-SIGNAL_RANK = {None: 0, "yes": 1, "no": 2, "unsubscribed": 3, "bounced": 4}
+SIGNAL_RANK = {
+    None: 0, "pending": 1, "yes": 2, "no": 3, "unsubscribed": 4, "bounced": 5, "complained": 6,
+}  # fmt: skip
+# A Stillhere export's status column, as a signal: pending has no evidence either way
+# (its owner never confirmed), the suppressions are kept as they are.
+_STATUS_SIGNAL = {
+    "subscribed": "yes", "pending": "pending", "unsubscribed": "unsubscribed",
+    "bounced": "bounced", "complained": "complained",
+}  # fmt: skip
+# Contact.Source values a Stillhere export writes as they are; "import: <label>" carries
+# the label the importing owner gave (see audience/exporting.py).
+SOURCES = ("form", "admin", "import")
 
 _YES = {"yes", "y", "true", "1", "subscribed", "opted in", "opted_in", "opt-in", "opt in",
         "accepted", "x", "granted", "confirmed"}  # fmt: skip
@@ -74,6 +87,8 @@ def _split_tags(value: str, style: str) -> list[str]:
     if style == "quoted" and '"' in value:
         # Mailchimp writes TAGS as "Tag A","Tag B" (quotes doubled inside the CSV cell).
         parts = next(csv.reader([value]), [])
+    elif style == "stillhere":
+        parts = value.split(",")  # exporting.py joins with ", ": a tag may hold ";" or "|"
     else:
         parts = re.split(r"[,;|]", value)
     seen: dict[str, str] = {}
@@ -105,12 +120,18 @@ class Record:
     last_name: str = ""
     phone: str = ""
     tags: list[str] = field(default_factory=list)
-    attributes: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, object] = field(default_factory=dict)  # strings but from JSON
     # None: the file says nothing; "yes": consent; "no": declined (never mailed);
-    # "unsubscribed" / "bounced": the file's own suppression.
+    # "pending": a Stillhere contact who never confirmed;
+    # "unsubscribed" / "bounced" / "complained": the file's own suppression.
     signal: str | None = None
     evidence: dict[str, str] = field(default_factory=dict)
     phone_dropped: bool = False
+    # Contact.Source ("" : an import) and the import label the file gives (a Stillhere
+    # export's "import: shopify-2026"); both empty for every other platform's file.
+    source: str = ""
+    source_label: str = ""
+    created: str = ""  # the file's own creation time (a Stillhere export's created_at)
 
     @property
     def has_consent(self) -> bool:
@@ -126,6 +147,9 @@ class Record:
         self.first_name = self.first_name or other.first_name
         self.last_name = self.last_name or other.last_name
         self.phone = self.phone or other.phone
+        self.source = self.source or other.source
+        self.source_label = self.source_label or other.source_label
+        self.created = self.created or other.created
         for tag in other.tags:
             if tag.lower() not in {t.lower() for t in self.tags}:
                 self.tags.append(tag)
@@ -148,9 +172,13 @@ class RowParser:
         self.header = header
         self.mapping = mapping
         self.tag_style = tag_style
+        # Stillhere's own export (the "stillhere" style): the formula guard its CSV put
+        # on a cell is taken off again, so a move between installs loses nothing.
+        self.restore = tag_style == "stillhere"
         self.index: dict[str, int] = {}
         self.attribute_columns: list[tuple[int, str]] = []
         self.evidence_columns: list[tuple[int, str]] = []
+        self.json_columns: list[int] = []
         for i, target in enumerate(mapping):
             if target == "attribute":
                 name = _text(header[i], 100) if i < len(header) else ""
@@ -159,6 +187,8 @@ class RowParser:
             elif target in {"optin_time", "optin_ip", "confirm_time", "confirm_ip",
                             "consent_time"}:  # fmt: skip
                 self.evidence_columns.append((i, target))
+            elif target == "attributes_json":
+                self.json_columns.append(i)
             elif target != "ignore":
                 self.index.setdefault(target, i)
         if "email" not in self.index:
@@ -174,6 +204,8 @@ class RowParser:
         """Raise RowError with the reason when the row cannot become a contact."""
         # The hot loop of a million-row import: plain index lookups, no per-cell calls
         # for columns the file does not have.
+        if self.restore:
+            row = [restore(cell) if cell and cell[0] == "'" else cell for cell in row]
         get = self._get
         raw_email = get(row, "email")
         if not raw_email.strip():
@@ -205,6 +237,9 @@ class RowParser:
         tags = get(row, "tags") if "tags" in index else ""
         if tags:
             record.tags = split_tags(tags, self.tag_style)
+        for i in self.json_columns:
+            if i < len(row) and row[i].strip():
+                _json_attributes(record, row[i])
         for i, name in self.attribute_columns:
             if i < len(row) and row[i].strip():
                 record.attributes[name] = _text(row[i], 1000)
@@ -223,4 +258,56 @@ class RowParser:
         if clean:
             record.signal = "bounced"
             record.evidence["clean_time"] = _text(clean, 100)
+        if "status" in index:
+            # Last: a Stillhere row's status is the whole truth (its unsubscribed_at
+            # says when, for a bounce or a complaint too, not which).
+            status = get(row, "status").strip().lower()
+            if status in _STATUS_SIGNAL:
+                record.signal = _STATUS_SIGNAL[status]
+                record.evidence["status"] = status
+        if "source" in index:
+            record.source, record.source_label = source_of(get(row, "source"))
+        if "created_time" in index:
+            record.created = _text(get(row, "created_time"), 100)
         return record
+
+
+def source_of(value: str) -> tuple[str, str]:
+    """A Stillhere export's source cell → (Contact.Source, import label)."""
+    value = _text(value, 200)
+    kind, colon, label = value.partition(":")
+    kind = kind.strip().lower()
+    if kind in SOURCES and (colon == "" or kind == "import"):
+        return kind, label.strip()[:100] if kind == "import" else ""
+    # Anything else (a newer install's source, a hand-edited cell) is kept as the label.
+    return ("import", value[:100]) if value else ("", "")
+
+
+def _without_nul(value):
+    """NUL is the one character PostgreSQL cannot store, in text or in JSON."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
+def _json_attributes(record: Record, cell: str) -> None:
+    """A Stillhere export's attributes cell (a JSON object) → the record's attributes.
+    A cell that is not one is kept whole, as the attribute "attributes": lost it is not."""
+    try:
+        value = json.loads(cell)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        record.attributes["attributes"] = _text(cell, 1000)
+        return
+    for key, item in value.items():
+        name = _text(str(key), 100)
+        if name and item is not None:
+            # As the other install stored them: a string keeps its tabs and line breaks
+            # (JSON carries them safely), numbers, lists and objects stay what they were.
+            # NUL aside, which no PostgreSQL column can hold.
+            record.attributes[name] = _without_nul(item[:1000] if isinstance(item, str) else item)

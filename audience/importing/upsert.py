@@ -10,8 +10,10 @@ a raw COPY and against the bare SQL cost of this schema.
 The consent rules live in ``_plan``, and they are the point of the module:
 
 * Only an INSERT ever writes ``subscribed``: a new contact whose row carries consent
-  evidence, when the user asked for that. An existing contact's status changes only
-  towards suppression (the file's own unsubscribed / bounced rows), never back.
+  evidence, under the default mode ("file": the detected platform's own consent columns
+  prove it, profiles.proves_consent) or when the user asked for that ("consent"). An
+  existing contact's status changes only towards suppression (the file's own
+  unsubscribed / bounced / complained rows), never back.
 * An erased address (SuppressedEmail hash) is skipped entirely.
 * Every status an import sets writes a ConsentEvent (kind=import) carrying the file's
   evidence (opt-in/confirm times and IPs, consent values), in the same transaction.
@@ -36,12 +38,15 @@ from django.utils.dateparse import parse_datetime
 from psycopg import errors as psycopg_errors
 
 from audience import consent, services
+from audience.exporting import LABEL_KEY
 from audience.importing.rows import Record
 from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag
 
 Status = Contact.Status
 SUPPRESSED = {str(s) for s in services.SUPPRESSED}
 NEW_STATUS_CHOICES = {
+    "file": "Follow the file: subscribed where its own consent columns prove it, its "
+    "opt-outs kept, the rest stored without subscribing (no email is sent)",
     "none": "Store them without subscribing (no email is sent)",
     "pending": "Pending: send each new contact a double opt-in email",
     "consent": "Subscribed, for rows that carry consent evidence (others are stored only)",
@@ -57,6 +62,9 @@ class ImportContext:
     source_label: str
     tag_names: tuple[str, ...] = ()
     file_name: str = ""
+    # The file's consent columns are its platform's own (profiles.proves_consent): the
+    # "file" mode subscribes on their evidence, and only then.
+    file_proves_consent: bool = False
 
 
 @dataclass(slots=True)
@@ -66,6 +74,7 @@ class NewContact:
     confirmed_at: dt.datetime | None
     unsubscribed_at: dt.datetime | None
     send_confirmation: bool
+    created_at: dt.datetime | None = None  # None: now
 
 
 @dataclass(slots=True)
@@ -256,9 +265,13 @@ def plan_chunk(
             continue
         row = existing.get(record.email)
         if row is None:
-            plan.new.append(_new_contact(record, ctx=ctx, now=now))
+            item = _new_contact(record, ctx=ctx, now=now)
+            plan.new.append(item)
             plan.outcome[record.email] = "new"
             plan.counts["new"] += 1
+            # What the preview explains: how many new contacts end in each status.
+            plan.counts[f"new_{item.status}"] += 1
+            plan.counts["new_asked"] += item.send_confirmation
             continue
         _plan_known(
             plan,
@@ -275,11 +288,12 @@ def plan_chunk(
 
 def _incoming(record: Record, ctx: ImportContext, now: dt.datetime) -> consent.Incoming:
     """What a row of the file asks for, in consent.decide's terms."""
-    if record.signal == "unsubscribed":
-        ask = consent.Ask.UNSUBSCRIBED
-    elif record.signal == "bounced":
-        ask = consent.Ask.BOUNCED
-    elif record.signal != "no" and ctx.new_status == "consent" and record.has_consent:
+    subscribe = ctx.new_status == "consent" or (
+        ctx.new_status == "file" and ctx.file_proves_consent
+    )
+    if record.signal in _SUPPRESSING:
+        ask = _SUPPRESSING[record.signal]
+    elif record.signal != "no" and subscribe and record.has_consent:
         ask = consent.Ask.SUBSCRIBE
     elif record.signal != "no" and ctx.new_status == "pending":
         ask = consent.Ask.CONFIRM_FIRST
@@ -288,6 +302,13 @@ def _incoming(record: Record, ctx: ImportContext, now: dt.datetime) -> consent.I
         # mail: asking someone who said no is the mail they said no to.
         ask = consent.Ask.STORE
     return consent.Incoming(consent.Via.IMPORT, ask, now)
+
+
+_SUPPRESSING = {
+    "unsubscribed": consent.Ask.UNSUBSCRIBED,
+    "bounced": consent.Ask.BOUNCED,
+    "complained": consent.Ask.COMPLAINED,
+}
 
 
 def _decide(state: consent.State | None, record, ctx, now) -> consent.Outcome:
@@ -300,13 +321,28 @@ _NO_WINDOW = dt.timedelta(0)  # an import's outcome does not depend on mail wind
 def _new_contact(record: Record, *, ctx: ImportContext, now: dt.datetime) -> NewContact:
     ev = record.evidence
     outcome = _decide(None, record, ctx, now)
+    created = _when(record.created, now) if record.created else None
     if outcome.status in SUPPRESSED:
-        when = _when(ev.get("unsub_time") or ev.get("clean_time"), now)
-        return NewContact(record, outcome.status, None, when, False)
+        stamp = ev.get("unsub_time") or ev.get("clean_time")
+        # A Stillhere row's empty unsubscribed_at stays empty (a move loses nothing);
+        # another platform's opt-out without a time is dated by this import.
+        when = None if stamp is None and "status" in ev else _when(stamp, now)
+        # When they once confirmed stays on record (a Stillhere move, Mailchimp's
+        # CONFIRM_TIME): history, not consent; the status is what is obeyed.
+        confirmed = _when(ev["confirm_time"], now) if "confirm_time" in ev else None
+        return NewContact(record, outcome.status, confirmed, when, False, created)
     if outcome.status == Status.SUBSCRIBED:
-        when = _when(ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time"), now)
-        return NewContact(record, Status.SUBSCRIBED, when, None, False)
-    return NewContact(record, outcome.status, None, None, outcome.mail)
+        stamp = ev.get("confirm_time") or ev.get("optin_time") or ev.get("consent_time")
+        if "status" in ev:
+            # A Stillhere row's times are kept as they are: an empty confirmed_at (a
+            # contact the owner added by hand) stays empty, and one who unsubscribed once
+            # and confirmed again keeps both.
+            when = _when(stamp, now) if stamp else None
+            unsub = _when(ev["unsub_time"], now) if "unsub_time" in ev else None
+        else:
+            when, unsub = _when(stamp, now), None
+        return NewContact(record, Status.SUBSCRIBED, when, unsub, False, created)
+    return NewContact(record, outcome.status, None, None, outcome.mail, created)
 
 
 def _plan_known(plan, record, row, *, ctx, option_tag_ids, tags, links, now) -> None:
@@ -317,6 +353,8 @@ def _plan_known(plan, record, row, *, ctx, option_tag_ids, tags, links, now) -> 
     change = _change(record, row, ctx=ctx, tag_ids=tag_ids, links=links, now=now)
     if change is not None:
         plan.changes.append(change)
+        if change.status_after:
+            plan.counts[f"moved_{change.status_after}"] += 1  # the file's opt-outs
     if row["status"] in SUPPRESSED:
         outcome = "suppressed"
     else:
@@ -390,7 +428,7 @@ class _Json:
         base = {"import_job": ctx.job_id, "file": ctx.file_name, "source": ctx.source_label}
         base_json = json.dumps({k: v for k, v in base.items() if v})
         self._detail_tail = "}" if base_json == "{}" else ", " + base_json[1:]
-        self._plain_attributes = json.dumps(_source_attributes(Record(email="", line=0), ctx))
+        self._plain_attributes = json.dumps(stored_attributes(Record(email="", line=0), ctx))
 
     def detail(self, record: Record) -> str:
         head = f'{{"row": {record.line}'
@@ -399,9 +437,12 @@ class _Json:
         return head + self._detail_tail
 
     def attributes(self, record: Record, ctx: ImportContext) -> str:
-        if not record.attributes:
+        if not record.attributes and not record.source:
             return self._plain_attributes
-        return _json_texts(_source_attributes(record, ctx))
+        attributes = stored_attributes(record, ctx)
+        if all(type(v) is str for v in attributes.values()):
+            return _json_texts(attributes)
+        return json.dumps(attributes)  # a Stillhere export's numbers or lists
 
 
 # COPY's text format: tab-separated, \N for NULL, and only these four characters need a
@@ -430,10 +471,21 @@ def _copy_text(cursor, target: str, lines: list[str]) -> None:
         copy.write("".join(lines))
 
 
-def _source_attributes(record: Record, ctx: ImportContext) -> dict:
-    if ctx.source_label and "import_source" not in record.attributes:
-        return {**record.attributes, "import_source": ctx.source_label}
+def stored_attributes(record: Record, ctx: ImportContext) -> dict:
+    """The attributes a new contact is stored with. The import's label is kept as
+    ``import_source``, which the contact's source reads as "import: <label>"
+    (exporting.source_text: the export's source column, the preview): Contact.source
+    itself is a short choice. A Stillhere export's rows bring their own source and label."""
+    label = record.source_label if record.source else ctx.source_label
+    if record.source not in ("", Contact.Source.IMPORT):
+        label = ""  # a contact who signed up on a form (or was added by hand) stays so
+    if label and LABEL_KEY not in record.attributes:
+        return {**record.attributes, LABEL_KEY: label}
     return record.attributes
+
+
+def _source(record: Record) -> str:
+    return record.source or Contact.Source.IMPORT.value
 
 
 def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.datetime) -> list[int]:
@@ -548,8 +600,8 @@ def _pg_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datetime) -
             [_id_sequence(cursor, table), len(new)],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        js, source = _Json(ctx), Contact.Source.IMPORT.value
-        tail = f"\t{source}\t{now}\t{now}\t"
+        js = _Json(ctx)
+        tail = f"\t{Contact.Source.IMPORT.value}\t{now}\t{now}\t"
         lines = []
         for pk, item in zip(ids, new, strict=True):
             r = item.record
@@ -559,9 +611,13 @@ def _pg_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datetime) -
             attributes = js.attributes(r, ctx)  # JSON: no raw control characters
             if "\\" in attributes:
                 attributes = attributes.replace("\\", "\\\\")
+            if r.source or item.created_at:  # a Stillhere export's row: its own source, time
+                row_tail = f"\t{_source(r)}\t{_copy_stamp(item.created_at or now)}\t{now}\t"
+            else:
+                row_tail = tail
             lines.append(
                 f"{pk}\t{email}\t{first}\t{last}\t{phone}\t{item.status!s}\t{attributes}"
-                f"{tail}{_copy_stamp(item.confirmed_at)}\t{_copy_stamp(item.unsubscribed_at)}\n"
+                f"{row_tail}{_copy_stamp(item.confirmed_at)}\t{_copy_stamp(item.unsubscribed_at)}\n"
             )
         try:
             with transaction.atomic():
@@ -592,8 +648,9 @@ def _portable_insert(new: list[NewContact], *, ctx: ImportContext, now: dt.datet
             last_name=item.record.last_name,
             phone=item.record.phone,
             status=item.status,
-            attributes=_source_attributes(item.record, ctx),
-            source=Contact.Source.IMPORT,
+            attributes=stored_attributes(item.record, ctx),
+            source=_source(item.record),
+            created_at=item.created_at or now,
             confirmed_at=item.confirmed_at,
             unsubscribed_at=item.unsubscribed_at,
         )

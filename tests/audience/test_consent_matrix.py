@@ -152,6 +152,17 @@ IMPORT_RULES = [
     ("unsubscribed", "yes", "consent", "unsubscribed", False),
     ("bounced", "yes", "pending", "bounced", False),
     ("complained", "yes", "consent", "complained", False),
+    # The default: the file's own consent column (here Shopify's) decides for new rows,
+    # and nothing it says raises a known contact's status.
+    (None, "yes", "file", "subscribed", False),
+    (None, "", "file", "pending", False),
+    (None, "no", "file", "pending", False),
+    (None, "unsubscribed", "file", "unsubscribed", False),
+    ("pending", "yes", "file", "pending", False),
+    ("subscribed", "unsubscribed", "file", "unsubscribed", False),
+    ("unsubscribed", "yes", "file", "unsubscribed", False),
+    ("bounced", "yes", "file", "bounced", False),
+    ("complained", "yes", "file", "complained", False),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import openpyxl
 import pytest
@@ -45,43 +46,66 @@ def staff_without_export(client):
     return client
 
 
-@pytest.mark.parametrize("danger", ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"])
+@pytest.mark.parametrize(
+    "danger",
+    ["=1+1", "+1+1", "-2+3", "+cmd|' /C calc'!A0", "-SUM(A1)", "+", "-", "+1 ", "-1e3",
+     "@SUM(A1)", "\tx", "\rx"],
+)  # fmt: skip
 def test_formula_cells_are_neutralised(danger):
     assert exporting.neutralise(danger) == "'" + danger
     assert exporting.neutralise("plain") == "plain"
     assert exporting.neutralise("") == ""
 
 
+@pytest.mark.parametrize("value", ["+15035550201", "+4930123456", "-2", "+1", "-0.5", "42"])
+def test_plain_numbers_and_e164_phones_are_written_as_they_are(value):
+    # What follows the sign is a number: no spreadsheet can make a call of it, and the
+    # apostrophe would stop the file importing into Shopify, Mailchimp or Stillhere.
+    assert exporting.neutralise(value) == value
+
+
 def test_csv_export_has_the_columns_and_neutralises_formulas():
     tag = TagFactory(name='=HYPERLINK("http://evil")')
     ada = ContactFactory(email="ada@example.com", first_name="=cmd|'/c calc'!A1",
-                         last_name="@SUM(1)", phone="+14155550100")  # fmt: skip
+                         last_name="@SUM(1)", phone="+14155550100",
+                         attributes={"note": "=1+2", "Total Spent": "120.50"})  # fmt: skip
     ada.tags.add(tag, TagFactory(name="vip"))
-    ContactFactory(email="bob@example.com", first_name="-Bob", last_name="\tTab", status="pending")
+    ContactFactory(email="bob@example.com", first_name="-Bob", last_name="\tTab", status="pending",
+                   phone="+15035550201", source="import",
+                   attributes={"import_source": "+cmd|' /C calc'!A0"})  # fmt: skip
     rows = _csv(b"".join(exporting.stream_csv(Contact.objects.all())))
     assert rows[0] == list(exporting.COLUMNS)
     by_email = {r[0]: dict(zip(rows[0], r, strict=True)) for r in rows[1:]}
     a = by_email["ada@example.com"]
     assert a["first_name"] == "'=cmd|'/c calc'!A1"
     assert a["last_name"] == "'@SUM(1)"
-    assert a["phone"] == "'+14155550100"
+    assert a["phone"] == "+14155550100"  # a phone, not a formula: no apostrophe
     assert a["tags"] == '\'=HYPERLINK("http://evil"), vip'
     assert a["status"] == "subscribed" and a["source"] == "admin"
     assert a["created_at"].startswith(str(ada.created_at.year))
+    assert json.loads(a["attributes"]) == {"note": "=1+2", "Total Spent": "120.50"}
     b = by_email["bob@example.com"]
     assert (b["first_name"], b["last_name"], b["status"]) == ("'-Bob", "'\tTab", "pending")
+    assert b["phone"] == "+15035550201"
+    # The import label is owner-typed text too: guarded where it reads as a formula.
+    assert b["source"] == "import: +cmd|' /C calc'!A0"
+    assert b["attributes"] == ""  # the label is the source column's, not repeated here
 
 
-def test_xlsx_export_opens_in_a_spreadsheet_with_neutralised_cells():
-    ContactFactory(email="x@example.com", first_name="=1+1", last_name="Ünal \x01")
+def test_xlsx_export_opens_in_a_spreadsheet_with_cells_as_typed_text():
+    ContactFactory(email="x@example.com", first_name="=1+1", last_name="Ünal \x01",
+                   phone="+15035550201")  # fmt: skip
     ContactFactory(email="y@example.com", first_name="Tom & <Jerry>", last_name="a\tb")
     ContactFactory(email="z@example.com", first_name="C:\\Users\\zoe", last_name="two\nlines")
     ContactFactory(email="w@example.com", first_name="non\ufffechar", last_name="\uffff")
     body = b"".join(exporting.stream_xlsx(Contact.objects.all()))
     sheet = openpyxl.load_workbook(io.BytesIO(body), read_only=True).worksheets[0]
-    rows = [[c or "" for c in row] for row in sheet.iter_rows(values_only=True)]
+    cells = list(sheet.iter_rows())
+    rows = [[c.value or "" for c in row] for row in cells]
     assert rows[0] == list(exporting.COLUMNS)
-    assert rows[1][:3] == ["x@example.com", "'=1+1", "Ünal "]
+    # Inline strings are text to a spreadsheet, never formulas: no guard, no apostrophe.
+    assert rows[1][:4] == ["x@example.com", "=1+1", "Ünal ", "+15035550201"]
+    assert (cells[1][1].data_type, cells[1][3].data_type) == ("s", "s")
     assert rows[2][:3] == ["y@example.com", "Tom & <Jerry>", "a\tb"]
     assert rows[3][:3] == ["z@example.com", "C:\\Users\\zoe", "two\nlines"]
     assert rows[4][:3] == ["w@example.com", "nonchar", ""]  # not XML: left out

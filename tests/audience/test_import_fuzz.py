@@ -103,3 +103,28 @@ def test_imported_attributes_and_evidence_are_stored_as_exactly_the_json_of_the_
 
     assert _json_texts(cells) == json.dumps(cells)
     assert json.loads(_json_texts(cells)) == cells
+
+
+_stillhere_cell = st.one_of(
+    _cell,
+    st.sampled_from(["subscribed", "Complained", "pending", "import: shop:2026", "form",
+                     "'+15035550201", "'=1+1", "'", '{"a": 1, "b": ["x"]}', '{"a": "\\u0000"}',
+                     "[1, 2]", "{", "null", "2025-13-45T99:00:00+00:00"]),
+)  # fmt: skip
+
+
+@FUZZ
+@given(st.lists(st.lists(_stillhere_cell, min_size=0, max_size=12), max_size=10))
+def test_random_cells_under_a_stillhere_export_header_never_raise(rows):
+    from audience.exporting import COLUMNS
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    writer.writerows([["a@example.com", *row] for row in rows])
+    data = text.getvalue().encode()
+    try:
+        assert inspect(io.BytesIO(data)).profile.key == "stillhere"
+    except ImportFileError as exc:  # control characters enough to look like binary
+        assert "does not look like a spreadsheet" in str(exc)
+    _parse_everything(data)

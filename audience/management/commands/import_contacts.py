@@ -15,7 +15,8 @@ from audience.importing.profiles import BY_KEY
 class Command(BaseCommand):
     help = (
         "Import contacts from a CSV or XLSX file (Mailchimp, Shopify, Klaviyo, Meta Lead Ads, "
-        "WooCommerce or any sheet with an email column). Never re-subscribes anyone."
+        "WooCommerce, a Stillhere export or any sheet with an email column). Never "
+        "re-subscribes anyone."
     )
 
     def add_arguments(self, parser):
@@ -23,9 +24,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--new-status",
             choices=list(importing.NEW_STATUS_CHOICES),
-            default="none",
-            help="none: store without subscribing; pending: send double opt-in; "
-            "consent: subscribe rows that carry consent evidence (default: none)",
+            default="file",
+            help="file: follow the file (subscribed where the platform's own consent "
+            "columns prove it, its opt-outs kept, the rest stored); none: store without "
+            "subscribing; pending: send double opt-in; consent: subscribe rows that carry "
+            "consent evidence, in any column (default: file)",
         )
         parser.add_argument("--tags", default="", help="comma-separated tags to add")
         parser.add_argument("--source", default=None, help="source label (default: profile)")
