@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from audience import evidence, selectors, services, snippets
 from audience.forms import ContactAdminForm
@@ -263,7 +264,7 @@ class SignupFormAdmin(admin.ModelAdmin):
             '<p style="margin:.75em 0 .25em"><strong>{}</strong></p>'
             '<textarea readonly rows="{}" style="width:100%;font-family:monospace" '
             'onclick="this.select()">{}</textarea>',
-            ((label, 12 if key == "html" else 2, codes[key]) for key, label in labels),
+            ((label, {"html": 12, "iframe": 4}.get(key, 2), codes[key]) for key, label in labels),
         )
 
     @admin.display(description="Live preview")
@@ -271,10 +272,15 @@ class SignupFormAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         src = reverse("audience:signup-frame", args=[obj.public_key])
+        element_id = "stillhere-preview"
+        # Fitted to the form's height as the iframe snippet is (audience.snippets).
         return format_html(
-            '<iframe src="{}" title="Preview" style="width:100%;max-width:480px;height:560px;'
-            'border:1px solid #ccc;border-radius:6px"></iframe>',
+            '<iframe src="{}" id="{}" title="Preview" style="width:100%;max-width:480px;'
+            'height:{}px;border:1px solid #ccc;border-radius:6px"></iframe>{}',
             src,
+            element_id,
+            snippets.IFRAME_DEFAULT_HEIGHT,
+            mark_safe(snippets.frame_fit_script(element_id, None)),  # noqa: S308 (our own script)
         )
 
 
