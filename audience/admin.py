@@ -8,15 +8,16 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.db import models
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from audience import evidence, selectors, services, snippets
+from audience import evidence, origins, selectors, services, snippets
 from audience.forms import ContactAdminForm
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
 
@@ -233,13 +234,13 @@ class SignupFormAdmin(admin.ModelAdmin):
     list_display = ["name", "public_key", "enabled", "double_opt_in", "hosted_link"]
     list_filter = ["enabled"]
     filter_horizontal = ["tags"]
-    readonly_fields = ["public_key", "embed_codes", "preview"]
+    readonly_fields = ["public_key", "refused_origins", "embed_codes", "preview"]
     fieldsets = [
         (None, {"fields": ["name", "enabled", "public_key"]}),
         ("What visitors see", {"fields": ["title", "intro", "name_field", "phone_field",
                                           "consent_text", "button_label", "success_message"]}),
         ("After signup", {"fields": ["double_opt_in", "tags", "redirect_url"]}),
-        ("Where it may be embedded", {"fields": ["allowed_origins"]}),
+        ("Where it may be embedded", {"fields": ["allowed_origins", "refused_origins"]}),
         ("Embed it", {"fields": ["embed_codes", "preview"]}),
     ]  # fmt: skip
 
@@ -247,6 +248,60 @@ class SignupFormAdmin(admin.ModelAdmin):
     def hosted_link(self, obj: SignupForm) -> str:
         url = snippets.hosted_url(obj)
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
+
+    @admin.display(description="Refused sites")
+    def refused_origins(self, obj: SignupForm) -> str:
+        if not obj.pk:
+            return (
+                "The script embed, the plain HTML form and the iframe work only on the sites "
+                "listed above (the hosted page works anywhere): add your shop's origin, e.g. "
+                "https://shop.example.com, before you paste a snippet there."
+            )
+        refused = origins.refusals_recent(obj)
+        if not refused:
+            return "No site has been refused."
+        # The buttons submit a small form of their own (templates/admin/audience/
+        # signupform/change_form.html), not this change form: a form cannot nest.
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>"
+            '<td><button type="submit" class="button" form="allow-origin-form" '
+            'name="origin" value="{}">Allow</button></td></tr>',
+            (
+                (r.origin, r.hits, date_format(r.first_seen, "DATETIME_FORMAT"),
+                 date_format(r.last_seen, "DATETIME_FORMAT"), r.origin)
+                for r in refused
+            ),
+        )  # fmt: skip
+        return format_html(
+            "<p>Visitors on these sites saw an error: the form refused them because the site "
+            "is not listed above.</p>"
+            '<table id="refused-origins"><thead><tr><th>Site</th><th>Times</th>'
+            "<th>First seen</th><th>Last seen</th><th></th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/allow-origin/", self.admin_site.admin_view(self.allow_origin),
+                 name="audience_signupform_allow_origin"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def allow_origin(self, request: HttpRequest, pk: int) -> HttpResponse:
+        signup_form = get_object_or_404(SignupForm, pk=pk)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request, signup_form):
+            raise PermissionDenied
+        origin = request.POST.get("origin", "")
+        try:
+            origins.origin_allow(signup_form=signup_form, origin=origin)
+        except ValidationError as error:
+            self.message_user(request, " ".join(error.messages), messages.ERROR)
+        else:
+            self.message_user(request, f"Allowed {origin} to embed this form.")
+        return redirect("admin:audience_signupform_change", signup_form.pk)
 
     @admin.display(description="Copy and paste")
     def embed_codes(self, obj: SignupForm) -> str:
