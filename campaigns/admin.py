@@ -383,7 +383,28 @@ class CampaignAdmin(admin.ModelAdmin):
             context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
             context["status_labels"] = dict(Campaign.Status.choices)
+            if obj.status not in EDITABLE:
+                # Nothing on the page can be saved (it is all read-only): no Save buttons,
+                # only the admin's own "Close" back to the list.
+                context.update(
+                    show_save=False, show_save_and_continue=False, show_save_and_add_another=False
+                )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # A POST to a campaign that has started (an old tab, a replayed form) saves
+        # nothing: say so instead of answering "changed successfully".
+        if request.method == "POST" and str(object_id).isdigit():
+            campaign = Campaign.objects.filter(pk=object_id).only("status").first()
+            if campaign is not None and campaign.status not in EDITABLE:
+                self.message_user(
+                    request,
+                    f"This campaign is {campaign.get_status_display().lower()}: "
+                    "it can no longer be edited. Duplicate it to send a new version.",
+                    messages.WARNING,
+                )
+                return self._back(campaign)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def audience_count_view(self, request: HttpRequest) -> JsonResponse:
         """Live count while composing: GET ?audience=…&segment=…&tags=1&tags=2."""
