@@ -5,8 +5,9 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
@@ -22,18 +23,109 @@ from audience.forms import ContactAdminForm
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
 
 
+class _BoundedPage(Page):
+    """A page whose "is there a next one" may be known from the rows, not from a count."""
+
+    more: bool | None = None
+
+    def has_next(self) -> bool:
+        return super().has_next() if self.more is None else self.more
+
+
 class BoundedCountPaginator(Paginator):
     """Counts at most LIMIT rows, so a list of a million contacts never runs a full COUNT(*).
 
-    Past the limit the list still pages through the first LIMIT rows; filters and search
-    narrow it down, which is how people look for someone in a big list anyway.
+    Past the limit the count says "10,000+" and the pages go on: a page from the last
+    counted one onwards reads one row more than it shows, which tells whether another page
+    follows (an OFFSET, bounded by how far the owner pages, never a count of the rest).
     """
 
     LIMIT = 10_000
 
     @cached_property
+    def _counted(self) -> int:
+        return self.object_list[: self.LIMIT + 1].count()
+
+    @cached_property
+    def capped(self) -> bool:
+        """More than LIMIT rows: count and num_pages are lower bounds."""
+        return self._counted > self.LIMIT
+
+    @cached_property
     def count(self) -> int:
-        return self.object_list[: self.LIMIT].count()
+        return min(self._counted, self.LIMIT)
+
+    @cached_property
+    def _pages(self) -> dict[int, Page]:
+        return {}
+
+    def validate_number(self, number) -> int:
+        if not self.capped:
+            return super().validate_number(number)
+        try:
+            number = int(number)
+        except (TypeError, ValueError) as error:
+            raise PageNotAnInteger("That page number is not an integer") from error
+        if number < 1:
+            raise EmptyPage("That page number is less than 1")
+        return number
+
+    def page(self, number) -> Page:
+        number = self.validate_number(number)
+        if number not in self._pages:  # the change list asks twice (rows, then links)
+            self._pages[number] = self._page(number)
+        return self._pages[number]
+
+    def _page(self, number: int) -> Page:
+        if not self.capped or number < self.num_pages:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        page = self._get_page(rows[: self.per_page], number, self)
+        page.more = len(rows) > self.per_page
+        return page
+
+    def _get_page(self, *args, **kwargs) -> Page:
+        return _BoundedPage(*args, **kwargs)
+
+    def get_elided_page_range(self, number=1, *, on_each_side=3, on_ends=2):
+        if not self.capped:
+            yield from super().get_elided_page_range(number, on_each_side=on_each_side,
+                                                     on_ends=on_ends)  # fmt: skip
+            return
+        # As Django's, over the pages known to exist: the counted ones, or up to this one.
+        number = self.validate_number(number)
+        last = max(self.num_pages, number)
+        if number > 1 + on_each_side + on_ends:
+            yield from range(1, on_ends + 1)
+            yield self.ELLIPSIS
+            yield from range(number - on_each_side, number + 1)
+        else:
+            yield from range(1, number + 1)
+        if number + on_each_side + on_ends < last:
+            yield from range(number + 1, number + on_each_side + 1)
+            yield self.ELLIPSIS
+            yield from range(last - on_ends + 1, last + 1)
+        else:
+            yield from range(number + 1, last + 1)
+
+
+class ContactChangeList(ChangeList):
+    """The contact list, with what its pagination and search templates say about a count
+    that stops at BoundedCountPaginator.LIMIT (templates/admin/audience/contact/)."""
+
+    def get_results(self, request) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        capped = getattr(paginator, "capped", False)
+        self.result_count_label = f"{self.result_count:,}{'+' if capped else ''}"
+        self.previous_url = self.next_url = None
+        if self.multi_page and not (self.show_all and self.can_show_all):
+            page = paginator.page(self.page_num)
+            if page.has_previous():
+                self.previous_url = self.get_query_string({PAGE_VAR: page.previous_page_number()})
+            if page.has_next():
+                self.next_url = self.get_query_string({PAGE_VAR: page.next_page_number()})
 
 
 def _evidence(request: HttpRequest) -> services.Evidence:
@@ -113,6 +205,9 @@ class ContactAdmin(admin.ModelAdmin):
         if not term:
             return queryset, False
         return selectors.contacts_search(queryset, term), False
+
+    def get_changelist(self, request, **kwargs):
+        return ContactChangeList
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []
