@@ -146,16 +146,47 @@ class ConsentEventInline(admin.TabularInline):
     extra = 0
     can_delete = False
     verbose_name_plural = "Consent timeline"
-    fields = ["created_at", "kind", "status_before", "status_after", "method", "ip",
-              "signup_form", "consent_text", "actor", "user_agent"]  # fmt: skip
+    # Five columns, not one per field: ten (with a consent text, a user agent and an IPv6
+    # address among them) made the table wider than the page. Every field is still shown.
+    fields = ["created_at", "change", "how", "consent_text", "client"]
     readonly_fields = fields
     ordering = ["-created_at", "-id"]
+
+    class Media:
+        css = {"all": ["audience/admin/consent_timeline.css"]}  # fits the page's width
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("signup_form")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="Change")
+    def change(self, event: ConsentEvent) -> str:
+        return format_html(
+            "<strong>{}</strong><br>{} → {}",
+            event.get_kind_display(),
+            event.status_before or "-",
+            event.status_after or "-",
+        )
+
+    @admin.display(description="How")
+    def how(self, event: ConsentEvent) -> str:
+        lines = [event.method or "-"]
+        if event.signup_form_id:
+            lines.append(f"form: {event.signup_form}")
+        if event.actor:
+            lines.append(f"by {event.actor}")
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))
+
+    @admin.display(description="Browser")
+    def client(self, event: ConsentEvent) -> str:
+        return format_html(
+            '{}<br><span class="user-agent">{}</span>', event.ip or "-", event.user_agent or ""
+        )
 
 
 class TagFilter(admin.SimpleListFilter):
