@@ -52,6 +52,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     fields = readonly_fields
     show_full_result_count = False
 
+    class Media:
+        css = {"all": ["campaigns/admin/outbox.css"]}  # long links wrap instead of cut off
+
     @admin.display(description="to")
     def recipients(self, obj: OutboxMessage) -> str:
         return obj.to.replace("\n", ", ")
@@ -61,7 +64,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         # The text part, escaped, with its links made clickable: the quickstart's way to
         # follow a confirmation link without an email provider.
         body = urlize(obj.text_body, autoescape=True)  # escapes everything it does not link
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', mark_safe(body))  # noqa: S308
+        return format_html(
+            '<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{}</pre>',
+            mark_safe(body),  # noqa: S308 (escaped by urlize above)
+        )
 
     def has_add_permission(self, request) -> bool:
         return False
