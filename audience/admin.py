@@ -360,15 +360,21 @@ class SignupFormAdmin(admin.ModelAdmin):
     list_display = ["name", "public_key", "enabled", "double_opt_in", "hosted_link"]
     list_filter = ["enabled"]
     filter_horizontal = ["tags"]
-    readonly_fields = ["public_key", "refused_origins", "embed_codes", "preview"]
+    readonly_fields = ["key", "refused_origins", "embed_codes", "preview"]
     fieldsets = [
-        (None, {"fields": ["name", "enabled", "public_key"]}),
+        (None, {"fields": ["name", "enabled", "key"]}),
         ("What visitors see", {"fields": ["title", "intro", "name_field", "phone_field",
                                           "consent_text", "button_label", "success_message"]}),
         ("After signup", {"fields": ["double_opt_in", "tags", "redirect_url"]}),
         ("Where it may be embedded", {"fields": ["allowed_origins", "refused_origins"]}),
         ("Embed it", {"fields": ["embed_codes", "preview"]}),
     ]  # fmt: skip
+
+    @admin.display(description="Public key")
+    def key(self, obj: SignupForm) -> str:
+        # An unsaved form's key is the field's default, drawn again when the form is
+        # saved: showing it on the add page showed a key the form would never have.
+        return obj.public_key if obj.pk else "Given when you save the form."
 
     @admin.display(description="Hosted page")
     def hosted_link(self, obj: SignupForm) -> str:
