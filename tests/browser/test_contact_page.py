@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from audience.models import ConsentEvent, Contact
+from tests.browser.admin_session import sign_in_owner
 from tests.factories import ContactFactory, SignupFormFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-PASSWORD = "a-long-test-password-42"
 USER_AGENT = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.86 SomeVeryLongEmbeddedBrowserToken/1.2.3"
@@ -56,12 +56,8 @@ def test_consent_timeline_fits_the_page(
     page, stillhere, django_user_model, contact_with_history, width
 ):
     expect = _expect()
-    django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
     page.set_viewport_size({"width": width, "height": 900})
-    page.goto(stillhere.url + "/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    sign_in_owner(page, stillhere.url, django_user_model)
     page.goto(f"{stillhere.url}/admin/audience/contact/{contact_with_history.pk}/change/")
     timeline = page.locator("#consent_events-group")
     expect(timeline).to_contain_text("Consent timeline")

@@ -6,10 +6,9 @@ import pytest
 from django.utils import timezone
 
 from audience.models import ImportJob
+from tests.browser.admin_session import sign_in_owner
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "a-long-test-password-42"
 
 
 def _expect():
@@ -20,12 +19,7 @@ def _expect():
 
 @pytest.fixture
 def owner_page(page, stillhere, django_user_model):
-    owner = django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
-    page.goto(stillhere.url + "/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    _expect()(page.locator("#user-tools")).to_be_visible()
+    owner = sign_in_owner(page, stillhere.url, django_user_model)
     page.owner = owner
     return page
 

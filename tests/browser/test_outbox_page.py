@@ -6,11 +6,10 @@ import pytest
 
 from audience.tokens import contact_url
 from campaigns.models import OutboxMessage
+from tests.browser.admin_session import sign_in_owner
 from tests.factories import ContactFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "a-long-test-password-42"
 
 
 def _expect():
@@ -34,12 +33,8 @@ def test_a_long_confirm_link_wraps_and_opens(page, stillhere, django_user_model,
         text_body=f"Hello,\n\nPlease confirm your subscription:\n{link}\n\nThanks!",
         headers={"List-Unsubscribe": f"<{unsubscribe}>"},
     )
-    django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
     page.set_viewport_size({"width": width, "height": 900})
-    page.goto(stillhere.url + "/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    sign_in_owner(page, stillhere.url, django_user_model)
     page.goto(f"{stillhere.url}/admin/campaigns/outboxmessage/{message.pk}/change/")
 
     anchor = page.locator(f'.field-message a[href="{link}"]')

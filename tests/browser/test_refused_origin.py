@@ -7,11 +7,10 @@ from __future__ import annotations
 import pytest
 
 from audience.models import Contact
+from tests.browser.admin_session import sign_in_owner
 from tests.browser.conftest import embed_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "a-long-test-password-42"
 
 
 def _expect():
@@ -40,12 +39,8 @@ def test_owner_sees_a_refused_site_and_allows_it(
     expect(embed.locator("[data-error-for=__all__]")).to_be_visible()
     assert not Contact.objects.exists()
 
-    django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
     owner = new_page()
-    owner.goto(stillhere.url + "/admin/login/")
-    owner.fill("#id_username", "owner")
-    owner.fill("#id_password", PASSWORD)
-    owner.click("input[type=submit]")
+    sign_in_owner(owner, stillhere.url, django_user_model)
     owner.goto(f"{stillhere.url}/admin/audience/signupform/{signup_form.pk}/change/")
     row = owner.locator("#refused-origins tbody tr")
     expect(row).to_have_count(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from audience import snippets
+from tests.browser.admin_session import sign_in_owner
 from tests.browser.conftest import shop_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -88,14 +89,9 @@ def test_iframe_ignores_height_messages_from_anyone_but_its_frame(page, shop, si
 
 
 def test_admin_live_preview_fits_the_form(page, stillhere, signup_form, django_user_model):
-    password = "a-long-test-password-42"
-    django_user_model.objects.create_superuser("owner", "owner@corner.example", password)
     signup_form.intro = "When social media goes quiet, we'll write to you directly. " * 8
     signup_form.save()
-    page.goto(stillhere.url + "/admin/login/")
-    page.fill("#id_username", "owner")
-    page.fill("#id_password", password)
-    page.click("input[type=submit]")
+    sign_in_owner(page, stillhere.url, django_user_model)
     page.goto(f"{stillhere.url}/admin/audience/signupform/{signup_form.pk}/change/")
     preview = page.locator("iframe#stillhere-preview")
     _expect()(preview).to_be_visible()
