@@ -5,33 +5,127 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.core.paginator import Paginator
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import models
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from audience import evidence, selectors, services, snippets
+from audience import evidence, origins, selectors, services, snippets
 from audience.forms import ContactAdminForm
 from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
+
+
+class _BoundedPage(Page):
+    """A page whose "is there a next one" may be known from the rows, not from a count."""
+
+    more: bool | None = None
+
+    def has_next(self) -> bool:
+        return super().has_next() if self.more is None else self.more
 
 
 class BoundedCountPaginator(Paginator):
     """Counts at most LIMIT rows, so a list of a million contacts never runs a full COUNT(*).
 
-    Past the limit the list still pages through the first LIMIT rows; filters and search
-    narrow it down, which is how people look for someone in a big list anyway.
+    Past the limit the count says "10,000+" and the pages go on: a page from the last
+    counted one onwards reads one row more than it shows, which tells whether another page
+    follows (an OFFSET, bounded by how far the owner pages, never a count of the rest).
     """
 
     LIMIT = 10_000
 
     @cached_property
+    def _counted(self) -> int:
+        return self.object_list[: self.LIMIT + 1].count()
+
+    @cached_property
+    def capped(self) -> bool:
+        """More than LIMIT rows: count and num_pages are lower bounds."""
+        return self._counted > self.LIMIT
+
+    @cached_property
     def count(self) -> int:
-        return self.object_list[: self.LIMIT].count()
+        return min(self._counted, self.LIMIT)
+
+    @cached_property
+    def _pages(self) -> dict[int, Page]:
+        return {}
+
+    def validate_number(self, number) -> int:
+        if not self.capped:
+            return super().validate_number(number)
+        try:
+            number = int(number)
+        except (TypeError, ValueError) as error:
+            raise PageNotAnInteger("That page number is not an integer") from error
+        if number < 1:
+            raise EmptyPage("That page number is less than 1")
+        return number
+
+    def page(self, number) -> Page:
+        number = self.validate_number(number)
+        if number not in self._pages:  # the change list asks twice (rows, then links)
+            self._pages[number] = self._page(number)
+        return self._pages[number]
+
+    def _page(self, number: int) -> Page:
+        if not self.capped or number < self.num_pages:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        page = self._get_page(rows[: self.per_page], number, self)
+        page.more = len(rows) > self.per_page
+        return page
+
+    def _get_page(self, *args, **kwargs) -> Page:
+        return _BoundedPage(*args, **kwargs)
+
+    def get_elided_page_range(self, number=1, *, on_each_side=3, on_ends=2):
+        if not self.capped:
+            yield from super().get_elided_page_range(number, on_each_side=on_each_side,
+                                                     on_ends=on_ends)  # fmt: skip
+            return
+        # As Django's, over the pages known to exist: the counted ones, or up to this one.
+        number = self.validate_number(number)
+        last = max(self.num_pages, number)
+        if number > 1 + on_each_side + on_ends:
+            yield from range(1, on_ends + 1)
+            yield self.ELLIPSIS
+            yield from range(number - on_each_side, number + 1)
+        else:
+            yield from range(1, number + 1)
+        if number + on_each_side + on_ends < last:
+            yield from range(number + 1, number + on_each_side + 1)
+            yield self.ELLIPSIS
+            yield from range(last - on_ends + 1, last + 1)
+        else:
+            yield from range(number + 1, last + 1)
+
+
+class ContactChangeList(ChangeList):
+    """The contact list, with what its pagination and search templates say about a count
+    that stops at BoundedCountPaginator.LIMIT (templates/admin/audience/contact/)."""
+
+    def get_results(self, request) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        capped = getattr(paginator, "capped", False)
+        self.result_count_label = f"{self.result_count:,}{'+' if capped else ''}"
+        self.previous_url = self.next_url = None
+        if self.multi_page and not (self.show_all and self.can_show_all):
+            page = paginator.page(self.page_num)
+            if page.has_previous():
+                self.previous_url = self.get_query_string({PAGE_VAR: page.previous_page_number()})
+            if page.has_next():
+                self.next_url = self.get_query_string({PAGE_VAR: page.next_page_number()})
 
 
 def _evidence(request: HttpRequest) -> services.Evidence:
@@ -52,16 +146,47 @@ class ConsentEventInline(admin.TabularInline):
     extra = 0
     can_delete = False
     verbose_name_plural = "Consent timeline"
-    fields = ["created_at", "kind", "status_before", "status_after", "method", "ip",
-              "signup_form", "consent_text", "actor", "user_agent"]  # fmt: skip
+    # Five columns, not one per field: ten (with a consent text, a user agent and an IPv6
+    # address among them) made the table wider than the page. Every field is still shown.
+    fields = ["created_at", "change", "how", "consent_text", "client"]
     readonly_fields = fields
     ordering = ["-created_at", "-id"]
+
+    class Media:
+        css = {"all": ["audience/admin/consent_timeline.css"]}  # fits the page's width
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("signup_form")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    @admin.display(description="Change")
+    def change(self, event: ConsentEvent) -> str:
+        return format_html(
+            "<strong>{}</strong><br>{} → {}",
+            event.get_kind_display(),
+            event.status_before or "-",
+            event.status_after or "-",
+        )
+
+    @admin.display(description="How")
+    def how(self, event: ConsentEvent) -> str:
+        lines = [event.method or "-"]
+        if event.signup_form_id:
+            lines.append(f"form: {event.signup_form}")
+        if event.actor:
+            lines.append(f"by {event.actor}")
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines))
+
+    @admin.display(description="Browser")
+    def client(self, event: ConsentEvent) -> str:
+        return format_html(
+            '{}<br><span class="user-agent">{}</span>', event.ip or "-", event.user_agent or ""
+        )
 
 
 class TagFilter(admin.SimpleListFilter):
@@ -113,6 +238,9 @@ class ContactAdmin(admin.ModelAdmin):
         if not term:
             return queryset, False
         return selectors.contacts_search(queryset, term), False
+
+    def get_changelist(self, request, **kwargs):
+        return ContactChangeList
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []
@@ -241,20 +369,80 @@ class SignupFormAdmin(admin.ModelAdmin):
     list_display = ["name", "public_key", "enabled", "double_opt_in", "hosted_link"]
     list_filter = ["enabled"]
     filter_horizontal = ["tags"]
-    readonly_fields = ["public_key", "embed_codes", "preview"]
+    readonly_fields = ["key", "refused_origins", "embed_codes", "preview"]
     fieldsets = [
-        (None, {"fields": ["name", "enabled", "public_key"]}),
+        (None, {"fields": ["name", "enabled", "key"]}),
         ("What visitors see", {"fields": ["title", "intro", "name_field", "phone_field",
                                           "consent_text", "button_label", "success_message"]}),
         ("After signup", {"fields": ["double_opt_in", "tags", "redirect_url"]}),
-        ("Where it may be embedded", {"fields": ["allowed_origins"]}),
+        ("Where it may be embedded", {"fields": ["allowed_origins", "refused_origins"]}),
         ("Embed it", {"fields": ["embed_codes", "preview"]}),
     ]  # fmt: skip
+
+    @admin.display(description="Public key")
+    def key(self, obj: SignupForm) -> str:
+        # An unsaved form's key is the field's default, drawn again when the form is
+        # saved: showing it on the add page showed a key the form would never have.
+        return obj.public_key if obj.pk else "Given when you save the form."
 
     @admin.display(description="Hosted page")
     def hosted_link(self, obj: SignupForm) -> str:
         url = snippets.hosted_url(obj)
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
+
+    @admin.display(description="Refused sites")
+    def refused_origins(self, obj: SignupForm) -> str:
+        if not obj.pk:
+            return (
+                "The script embed, the plain HTML form and the iframe work only on the sites "
+                "listed above (the hosted page works anywhere): add your shop's origin, e.g. "
+                "https://shop.example.com, before you paste a snippet there."
+            )
+        refused = origins.refusals_recent(obj)
+        if not refused:
+            return "No site has been refused."
+        # The buttons submit a small form of their own (templates/admin/audience/
+        # signupform/change_form.html), not this change form: a form cannot nest.
+        rows = format_html_join(
+            "",
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td>"
+            '<td><button type="submit" class="button" form="allow-origin-form" '
+            'name="origin" value="{}">Allow</button></td></tr>',
+            (
+                (r.origin, r.hits, date_format(r.first_seen, "DATETIME_FORMAT"),
+                 date_format(r.last_seen, "DATETIME_FORMAT"), r.origin)
+                for r in refused
+            ),
+        )  # fmt: skip
+        return format_html(
+            "<p>Visitors on these sites saw an error: the form refused them because the site "
+            "is not listed above.</p>"
+            '<table id="refused-origins"><thead><tr><th>Site</th><th>Times</th>'
+            "<th>First seen</th><th>Last seen</th><th></th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/allow-origin/", self.admin_site.admin_view(self.allow_origin),
+                 name="audience_signupform_allow_origin"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def allow_origin(self, request: HttpRequest, pk: int) -> HttpResponse:
+        signup_form = get_object_or_404(SignupForm, pk=pk)
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_change_permission(request, signup_form):
+            raise PermissionDenied
+        origin = request.POST.get("origin", "")
+        try:
+            origins.origin_allow(signup_form=signup_form, origin=origin)
+        except ValidationError as error:
+            self.message_user(request, " ".join(error.messages), messages.ERROR)
+        else:
+            self.message_user(request, f"Allowed {origin} to embed this form.")
+        return redirect("admin:audience_signupform_change", signup_form.pk)
 
     @admin.display(description="Copy and paste")
     def embed_codes(self, obj: SignupForm) -> str:
@@ -272,7 +460,7 @@ class SignupFormAdmin(admin.ModelAdmin):
             '<p style="margin:.75em 0 .25em"><strong>{}</strong></p>'
             '<textarea readonly rows="{}" style="width:100%;font-family:monospace" '
             'onclick="this.select()">{}</textarea>',
-            ((label, 12 if key == "html" else 2, codes[key]) for key, label in labels),
+            ((label, {"html": 12, "iframe": 4}.get(key, 2), codes[key]) for key, label in labels),
         )
 
     @admin.display(description="Live preview")
@@ -280,10 +468,15 @@ class SignupFormAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         src = reverse("audience:signup-frame", args=[obj.public_key])
+        element_id = "stillhere-preview"
+        # Fitted to the form's height as the iframe snippet is (audience.snippets).
         return format_html(
-            '<iframe src="{}" title="Preview" style="width:100%;max-width:480px;height:560px;'
-            'border:1px solid #ccc;border-radius:6px"></iframe>',
+            '<iframe src="{}" id="{}" title="Preview" style="width:100%;max-width:480px;'
+            'height:{}px;border:1px solid #ccc;border-radius:6px"></iframe>{}',
             src,
+            element_id,
+            snippets.IFRAME_DEFAULT_HEIGHT,
+            mark_safe(snippets.frame_fit_script(element_id, None)),  # noqa: S308 (our own script)
         )
 
 

@@ -384,3 +384,28 @@ class Segment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RefusedOrigin(models.Model):
+    """A site that tried to use a form without being in its allowed origins: shown on the
+    form's admin page, so the owner learns why visitors there saw an error (audience.origins
+    keeps at most a handful per form and writes them rate-limited; the endpoint is public)."""
+
+    signup_form = models.ForeignKey(
+        SignupForm, on_delete=models.CASCADE, related_name="refused_origins"
+    )
+    origin = models.CharField(max_length=300)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    hits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-last_seen", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["signup_form", "origin"], name="refused_origin_form_origin_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.origin

@@ -19,7 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
-from audience import evidence, intake, selectors, services, snippets, throttle
+from audience import evidence, intake, origins, selectors, services, snippets, throttle
 from audience.forms import PreferencesForm, PublicSignupForm
 from audience.models import SignupForm
 from audience.tokens import contact_url, read_token
@@ -125,6 +125,8 @@ def signup_submit(request: HttpRequest, key: str) -> HttpResponse:
     signup_form = _active_form(key)
     origin = request.META.get("HTTP_ORIGIN")
     if origin and origin not in {_site_origin(), *signup_form.origins}:
+        # Shown to the owner on the form's admin page, with a button to allow it.
+        origins.refusal_record(signup_form=signup_form, origin=origin)
         return _error(
             request, signup_form, None, 403, "This form does not accept signups from this site."
         )
@@ -189,10 +191,23 @@ def signup_page(request: HttpRequest, key: str) -> HttpResponse:
     return render(request, "audience/hosted_form.html", context)
 
 
+def _note_refused_framing(request: HttpRequest, signup_form: SignupForm) -> None:
+    """The browser, not us, refuses a frame on a site missing from frame-ancestors; the
+    frame's request still says where it is (Sec-Fetch-Dest, and the Referer's origin under
+    the default referrer policy), so the owner can be shown that site too."""
+    referer = request.META.get("HTTP_REFERER", "")
+    if request.META.get("HTTP_SEC_FETCH_DEST") != "iframe" or not referer:
+        return
+    origin = snippets.origin_of(referer[:400])
+    if origin not in {_site_origin(), *signup_form.origins}:
+        origins.refusal_record(signup_form=signup_form, origin=origin)
+
+
 @require_GET
 def signup_frame(request: HttpRequest, key: str) -> HttpResponse:
     """The iframe embed; frame-ancestors limits who may frame it."""
     signup_form = _active_form(key)
+    _note_refused_framing(request, signup_form)
     context = _form_context(signup_form, framed=True)
     return _frameable(render(request, "audience/hosted_form.html", context), signup_form)
 

@@ -148,6 +148,9 @@ def main() -> None:
         ("search first + last", {"q": "Hana Rossi"}),
         ("search phone", {"q": "+1415000123"}),
         ("last page (page 200)", {"p": "200"}),
+        # Past the bounded count (10,000 rows): the pages go on by OFFSET, never a count.
+        ("past the count (page 201)", {"p": "201"}),
+        ("far past it (page 900)", {"p": "900"}),
     ]
 
     def timed(fn) -> list[float]:

@@ -50,6 +50,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     fields = readonly_fields
     show_full_result_count = False
 
+    class Media:
+        css = {"all": ["campaigns/admin/outbox.css"]}  # long links wrap instead of cut off
+
     @admin.display(description="to")
     def recipients(self, obj: OutboxMessage) -> str:
         return obj.to.replace("\n", ", ")
@@ -59,7 +62,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         # The text part, escaped, with its links made clickable: the quickstart's way to
         # follow a confirmation link without an email provider.
         body = urlize(obj.text_body, autoescape=True)  # escapes everything it does not link
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', mark_safe(body))  # noqa: S308
+        return format_html(
+            '<pre style="white-space:pre-wrap;overflow-wrap:anywhere">{}</pre>',
+            mark_safe(body),  # noqa: S308 (escaped by urlize above)
+        )
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -310,7 +316,28 @@ class CampaignAdmin(admin.ModelAdmin):
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
             context["status_labels"] = dict(Campaign.Status.choices)
             context.update(self._report_context(request, obj))
+            if obj.status not in EDITABLE:
+                # Nothing on the page can be saved (it is all read-only): no Save buttons,
+                # only the admin's own "Close" back to the list.
+                context.update(
+                    show_save=False, show_save_and_continue=False, show_save_and_add_another=False
+                )
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # A POST to a campaign that has started (an old tab, a replayed form) saves
+        # nothing: say so instead of answering "changed successfully".
+        if request.method == "POST" and str(object_id).isdigit():
+            campaign = Campaign.objects.filter(pk=object_id).only("status").first()
+            if campaign is not None and campaign.status not in EDITABLE:
+                self.message_user(
+                    request,
+                    f"This campaign is {campaign.get_status_display().lower()}: "
+                    "it can no longer be edited. Duplicate it to send a new version.",
+                    messages.WARNING,
+                )
+                return self._back(campaign)
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def audience_count_view(self, request: HttpRequest) -> JsonResponse:
         """Live count while composing: GET ?audience=…&segment=…&tags=1&tags=2."""

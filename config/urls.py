@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from config.health import healthz
+from config.home import home
 from config.webhooks import tracking_urlpatterns
 
 admin.site.site_header = "Stillhere"
@@ -16,6 +17,7 @@ def build_urlpatterns(webhook_providers: list[str]) -> list:
         path("", include("audience.urls")),
         path("admin/", admin.site.urls),
         path("healthz", healthz, name="healthz"),
+        path("", home, name="home"),  # the admin's "View site"
         # Provider tracking webhooks, only those of the providers we send through
         # (config.webhooks); campaigns.feedback handles what they report.
         path("anymail/", include((tracking_urlpatterns(webhook_providers), "anymail"))),

@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from audience.models import Contact, SuppressedEmail
+from audience.models import Contact, SignupForm, SuppressedEmail
 from audience.services import email_hash
 from tests.factories import ContactFactory, SignupFormFactory, TagFactory
 
@@ -230,3 +230,27 @@ def test_changing_a_suppressed_contacts_address_ends_its_open_request(admin_clie
     # The request was opened for the old address: nobody may confirm it from the new one.
     assert (contact.status, contact.optin_requested_at, contact.confirmation_due) == (
         "unsubscribed", None, False)  # fmt: skip
+
+
+def test_signup_form_add_page_shows_no_key_and_the_saved_form_shows_its_own(
+    admin_client, monkeypatch
+):
+    # Each new form instance draws a fresh key: the add page's instance, then the saved one.
+    keys = iter(["addpagekey1", "savedkey22", "spare333"])
+    field = SignupForm._meta.get_field("public_key")
+    monkeypatch.setattr(field, "default", lambda: next(keys))
+    page = admin_client.get("/admin/audience/signupform/add/").content.decode()
+    assert "Given when you save the form." in page
+    assert "addpagekey1" not in page
+
+    response = admin_client.post(
+        "/admin/audience/signupform/add/",
+        {"name": "Footer", "title": "t", "button_label": "Go", "name_field": "optional",
+         "phone_field": "hidden", "success_message": "ok", "enabled": "on",
+         "double_opt_in": "on", "allowed_origins": "https://shop.example.com"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    saved = SignupForm.objects.get(name="Footer")
+    page = admin_client.get(f"/admin/audience/signupform/{saved.pk}/change/").content.decode()
+    assert f'<div class="readonly">{saved.public_key}</div>' in page
+    assert f"/f/{saved.public_key}/embed.js" in page
