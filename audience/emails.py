@@ -111,10 +111,12 @@ def _split(rendered: str) -> list:
 
 def _contents(form: SignupForm | None) -> tuple[str, str, str]:
     """(subject, body, title) of a form's mail; a contact with no form (imported, added
-    by hand) gets the default one."""
+    by hand), and a form whose subject or body was left empty, get the default one."""
     if form is None:
         return DEFAULT_CONFIRMATION_SUBJECT, DEFAULT_CONFIRMATION_BODY, ""
-    return form.confirmation_subject, form.confirmation_body, form.title
+    subject = form.confirmation_subject.strip() or DEFAULT_CONFIRMATION_SUBJECT
+    body = form.confirmation_body.strip() or DEFAULT_CONFIRMATION_BODY
+    return subject, body, form.title
 
 
 _cache: dict[str, ConfirmationMail] = {}
@@ -124,7 +126,9 @@ def confirmation_compile(*, form: SignupForm | None, brand: Brand) -> Confirmati
     """The form's confirmation mail, compiled once per process per content version (the
     key holds everything it is built from, so an edit is seen at the next mail)."""
     subject, body, title = _contents(form)
-    raw = "\x1f".join(str(v) for v in (subject, body, title, brand, settings.SITE_URL))
+    raw = "\x1f".join(
+        str(v) for v in (subject, body, title, brand, brand.from_header, settings.SITE_URL)
+    )
     key = hashlib.sha256(raw.encode()).hexdigest()
     mail = _cache.get(key)
     if mail is None:
@@ -175,6 +179,8 @@ def confirmation_check(*, subject: str, body: str) -> None:
     """Raise ValidationError({field: …}) unless the subject and body are good merge-field
     templates (as a campaign's are) and the mail links to its confirm link, for a contact
     with a name and one without (an {% if %} must not hide the one link that matters)."""
+    subject = subject.strip() or DEFAULT_CONFIRMATION_SUBJECT
+    body = body.strip() or DEFAULT_CONFIRMATION_BODY
     errors = {}
     for name, text in (("confirmation_subject", subject), ("confirmation_body", body)):
         try:
@@ -213,6 +219,15 @@ def confirmation_message(
     )  # fmt: skip
     message.attach_alternative(html, "text/html")
     return message
+
+
+def confirmation_preview(*, form: SignupForm | None) -> tuple[str, str, str]:
+    """(subject, html, text) of `form`'s mail for a sample contact, as sent now: the
+    form's admin page shows it. Raises ValidationError for a body that would be refused."""
+    brand = brand_current()
+    mail = confirmation_compile(form=form, brand=brand)
+    sample = _SampleContact(first_name="Ada", last_name="Lovelace", email="ada@example.com")
+    return mail.render(sample, brand, confirm_url=f"{settings.SITE_URL}/confirm/preview/")
 
 
 def send_confirmation_email(*, contact: Contact, brand: Brand | None = None) -> None:

@@ -89,17 +89,23 @@ class SignupForm(models.Model):
     confirmation_subject = models.CharField(
         "confirmation email subject",
         max_length=300,
+        blank=True,
         default=DEFAULT_CONFIRMATION_SUBJECT,
-        help_text="Merge fields as in a campaign, e.g. {{ form_title }}, {{ from_name }}.",
+        help_text=(
+            "Merge fields as in a campaign, e.g. {{ form_title }}, {{ from_name }}. "
+            "Left empty: the default subject."
+        ),
     )
     confirmation_body = models.TextField(
         "confirmation email",
+        blank=True,
         default=DEFAULT_CONFIRMATION_BODY,
         help_text=(
             "Markdown; raw HTML allowed. Must link to {{ confirm_url }}, e.g. "
             "[Yes, subscribe me]({{ confirm_url }}). Also: {{ first_name }}, "
             "{{ from_name }}, {{ confirm_days }}, {{ form_title }}, {{ accent_color }}. "
-            "Sent in your branded layout (logo, shop name, accent colour: Sender settings)."
+            "Sent in your branded layout (logo, shop name, accent colour: Sender settings). "
+            "Left empty: the default text."
         ),
     )
     redirect_url = models.URLField(

@@ -13,11 +13,11 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='signupform',
             name='confirmation_body',
-            field=models.TextField(default='Hello{% if first_name %} {{ first_name }}{% endif %},\n\nPlease confirm that you want to hear from {{ from_name|default:"us" }}:\n\n<a href="{{ confirm_url }}" style="display:inline-block;padding:10px 18px;background:{{ accent_color }};color:#ffffff;border-radius:6px;text-decoration:none;">Yes, subscribe me</a>\n\nThe link works for {{ confirm_days }} days. If you did not sign up, ignore this email and you will not hear from us again.\n', help_text='Markdown; raw HTML allowed. Must link to {{ confirm_url }}, e.g. [Yes, subscribe me]({{ confirm_url }}). Also: {{ first_name }}, {{ from_name }}, {{ confirm_days }}, {{ form_title }}, {{ accent_color }}. Sent in your branded layout (logo, shop name, accent colour: Sender settings).', verbose_name='confirmation email'),
+            field=models.TextField(blank=True, default='Hello{% if first_name %} {{ first_name }}{% endif %},\n\nPlease confirm that you want to hear from {{ from_name|default:"us" }}:\n\n<a href="{{ confirm_url }}" style="display:inline-block;padding:10px 18px;background:{{ accent_color }};color:#ffffff;border-radius:6px;text-decoration:none;">Yes, subscribe me</a>\n\nThe link works for {{ confirm_days }} days. If you did not sign up, ignore this email and you will not hear from us again.\n', help_text='Markdown; raw HTML allowed. Must link to {{ confirm_url }}, e.g. [Yes, subscribe me]({{ confirm_url }}). Also: {{ first_name }}, {{ from_name }}, {{ confirm_days }}, {{ form_title }}, {{ accent_color }}. Sent in your branded layout (logo, shop name, accent colour: Sender settings). Left empty: the default text.', verbose_name='confirmation email'),
         ),
         migrations.AddField(
             model_name='signupform',
             name='confirmation_subject',
-            field=models.CharField(default='Please confirm your subscription{% if form_title %}: {{ form_title }}{% endif %}', help_text='Merge fields as in a campaign, e.g. {{ form_title }}, {{ from_name }}.', max_length=300, verbose_name='confirmation email subject'),
+            field=models.CharField(blank=True, default='Please confirm your subscription{% if form_title %}: {{ form_title }}{% endif %}', help_text='Merge fields as in a campaign, e.g. {{ form_title }}, {{ from_name }}. Left empty: the default subject.', max_length=300, verbose_name='confirmation email subject'),
         ),
     ]
