@@ -284,7 +284,9 @@ class ContactAdmin(admin.ModelAdmin):
                 else:
                     refusal = " ".join(exc.messages)
             else:
-                self.message_user(request, f"{contact} is subscribed; your evidence is recorded.")
+                self.message_user(
+                    request, f"Subscribed {contact}, with your evidence in the timeline."
+                )
                 return redirect("admin:audience_contact_change", contact.pk)
         context = {
             **self.admin_site.each_context(request),
