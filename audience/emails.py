@@ -10,7 +10,6 @@ Markdown pass and one layout render, then a template render per contact.
 
 from __future__ import annotations
 
-import hashlib
 import html as htmllib
 import re
 import smtplib
@@ -71,7 +70,8 @@ class ConfirmationMail:
         data = mailmerge._contact_context(contact, brand)
         data.update(
             confirm_url=confirm_url,
-            confirm_days=settings.CONFIRMATION_MAX_AGE_DAYS,
+            # A string: a number would go through localisation at every render.
+            confirm_days=str(settings.CONFIRMATION_MAX_AGE_DAYS),
             form_title=self.form_title,
             accent_color=self.accent,
         )
@@ -119,17 +119,16 @@ def _contents(form: SignupForm | None) -> tuple[str, str, str]:
     return subject, body, form.title
 
 
-_cache: dict[str, ConfirmationMail] = {}
+_cache: dict[tuple, ConfirmationMail] = {}
 
 
 def confirmation_compile(*, form: SignupForm | None, brand: Brand) -> ConfirmationMail:
     """The form's confirmation mail, compiled once per process per content version (the
     key holds everything it is built from, so an edit is seen at the next mail)."""
     subject, body, title = _contents(form)
-    raw = "\x1f".join(
-        str(v) for v in (subject, body, title, brand, brand.from_header, settings.SITE_URL)
-    )
-    key = hashlib.sha256(raw.encode()).hexdigest()
+    # The contents themselves are the key (a dict hashes them at C speed, and keeps no
+    # two versions apart that differ): an edit is a new key, and so is a new sender.
+    key = (subject, body, title, brand, brand.from_header, settings.SITE_URL)
     mail = _cache.get(key)
     if mail is None:
         if len(_cache) > 32:
