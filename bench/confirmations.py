@@ -71,6 +71,8 @@ def main() -> None:
         SITE_URL="https://stillhere.bench.example", LOG_LEVEL="WARNING",
     )  # fmt: skip
     os.environ.pop("REDIS_URL", None)
+    from bench.signup_known import _ensure_database
+
     _ensure_database(os.environ["DATABASE_URL"])
 
     import django
@@ -187,17 +189,6 @@ def _renders(contacts: list, esp) -> None:
     print(f"  render, compiled per contact:           {render_each:8.1f} µs/mail")
     print(f"  render, fixed templates (before):       {render_old:8.1f} µs/mail")
     print(f"  provider call alone (floor):            {floor:8.1f} µs/mail")
-
-
-def _ensure_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 if __name__ == "__main__":
