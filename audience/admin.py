@@ -403,6 +403,12 @@ class SignupFormAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "confirmation_preview"]
 
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "confirmation_subject":  # a whole subject line, not a word
+            field.widget.attrs["style"] = "width:40em;max-width:100%"
+        return field
+
     @admin.display(description="Preview")
     def confirmation_preview(self, obj: SignupForm | None) -> str:
         from audience import emails
@@ -414,8 +420,8 @@ class SignupFormAdmin(admin.ModelAdmin):
         # srcdoc and a sandbox without scripts: the mail as a mail client shows it.
         return format_html(
             '<p><strong>Subject:</strong> {}</p><iframe sandbox="" srcdoc="{}" '
-            'title="Confirmation email preview" style="width:100%;max-width:640px;'
-            'height:520px;border:1px solid #ccc;border-radius:6px"></iframe>',
+            'title="Confirmation email preview" style="width:640px;max-width:100%;'
+            'height:560px;border:1px solid #ccc;border-radius:6px"></iframe>',
             subject,
             html,
         )
