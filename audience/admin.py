@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
@@ -141,6 +142,17 @@ class TagActionForm(ActionForm):
     )  # fmt: skip
 
 
+class MarkSubscribedForm(forms.Form):
+    statement = forms.CharField(
+        label="How did this person give their consent?", max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
+        help_text=(
+            "Stored with your name in the consent timeline as the evidence, e.g. “Signed "
+            "the paper signup sheet at the market stall on 12 May; sheet kept in the office”."
+        ),
+    )  # fmt: skip
+
+
 class ConsentEventInline(admin.TabularInline):
     model = ConsentEvent
     extra = 0
@@ -225,7 +237,7 @@ class ContactAdmin(admin.ModelAdmin):
     action_form = TagActionForm
     actions = ["tag_selected", "untag_selected", "unsubscribe_selected", "export_selected"]
     readonly_fields = ["status", "source_label", "signup_form", "created_at", "updated_at",
-                       "confirmed_at", "unsubscribed_at", "gdpr"]  # fmt: skip
+                       "confirmed_at", "unsubscribed_at", "gdpr", "consent_actions"]  # fmt: skip
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
     filter_horizontal = ["tags"]
     inlines = [ConsentEventInline]
@@ -288,6 +300,11 @@ class ContactAdmin(admin.ModelAdmin):
                  name="audience_contact_export_data"),
             path("<int:pk>/erase/", self.admin_site.admin_view(self.erase),
                  name="audience_contact_erase"),
+            path("<int:pk>/resend-confirmation/",
+                 self.admin_site.admin_view(self.resend_confirmation),
+                 name="audience_contact_resend_confirmation"),
+            path("<int:pk>/mark-subscribed/", self.admin_site.admin_view(self.mark_subscribed),
+                 name="audience_contact_mark_subscribed"),
         ]  # fmt: skip
         return own + super().get_urls()
 
@@ -320,6 +337,96 @@ class ContactAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/audience/contact/erase.html", context)
+
+    @admin.display(description="Consent")
+    def consent_actions(self, obj: Contact | None) -> str:
+        """For a pending contact: send the confirmation again, or subscribe with the
+        owner's own evidence. The resend button posts the change form's own CSRF token
+        to its URL (formaction), as no form may nest in the change form."""
+        if obj is None or obj.pk is None:
+            return "-"
+        if obj.status != Contact.Status.PENDING:
+            return format_html(
+                "{}", "Nothing to do: only a pending contact is sent a confirmation or "
+                "marked subscribed here; an unsubscribed, bounced or complained contact "
+                "comes back only by their own act.",
+            )  # fmt: skip
+        sent = (
+            format_html(
+                " (last sent {})",
+                timezone.localtime(obj.confirmation_sent_at).strftime("%Y-%m-%d %H:%M"),
+            )
+            if obj.confirmation_sent_at
+            else ""
+        )
+        return format_html(
+            '<button type="submit" class="button" formmethod="post" formnovalidate '
+            'formaction="{}" name="_resend_confirmation">Resend confirmation</button>{} '
+            '<a class="button" href="{}">Mark subscribed with evidence…</a>',
+            reverse("admin:audience_contact_resend_confirmation", args=[obj.pk]),
+            sent,
+            reverse("admin:audience_contact_mark_subscribed", args=[obj.pk]),
+        )
+
+    def resend_confirmation(self, request: HttpRequest, pk: int) -> HttpResponse:
+        contact = get_object_or_404(Contact, pk=pk)
+        if not self.has_change_permission(request, contact):
+            raise PermissionDenied
+        if request.method != "POST":  # a GET (a prefetch, a pasted link) changes nothing
+            return redirect("admin:audience_contact_change", contact.pk)
+        done = services.contact_confirmation_resend(contact=contact, evidence=_evidence(request))
+        if done.queued:
+            self.message_user(request, f"A new confirmation email is on its way to {contact}.")
+        elif done.retry_at is not None:
+            wait = max(1, round((done.retry_at - timezone.now()).total_seconds() / 60))
+            self.message_user(
+                request,
+                f"{done.reason} To protect the inbox, another can be sent in about {wait} "
+                f"minute{'s' if wait != 1 else ''}.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(request, done.reason, messages.ERROR)
+        return redirect("admin:audience_contact_change", contact.pk)
+
+    def mark_subscribed(self, request: HttpRequest, pk: int) -> HttpResponse:
+        contact = get_object_or_404(Contact, pk=pk)
+        if not self.has_change_permission(request, contact):
+            raise PermissionDenied
+        form = MarkSubscribedForm(request.POST or None)
+        refusal = ""
+        if contact.status in services.SUPPRESSED:
+            refusal = (
+                f"{contact} is {contact.get_status_display().lower()}. Only their own act "
+                "(their confirm link, or signing up again) can subscribe them again."
+            )
+        elif contact.status != Contact.Status.PENDING:
+            refusal = f"{contact} is already subscribed."
+        if request.method == "POST" and not refusal and form.is_valid():
+            try:
+                services.contact_mark_subscribed(
+                    contact=contact, statement=form.cleaned_data["statement"],
+                    evidence=_evidence(request),
+                )  # fmt: skip
+            except ValidationError as exc:
+                if hasattr(exc, "error_dict"):
+                    form.add_error(None, exc)
+                else:
+                    refusal = " ".join(exc.messages)
+            else:
+                self.message_user(
+                    request, f"Subscribed {contact}, with your evidence in the timeline."
+                )
+                return redirect("admin:audience_contact_change", contact.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark subscribed with evidence",
+            "contact": contact,
+            "form": form,
+            "refusal": refusal,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/audience/contact/mark_subscribed.html", context)
 
     def _tag_from_action(self, request) -> Tag | None:
         try:
@@ -477,6 +584,48 @@ class SignupFormAdmin(admin.ModelAdmin):
             element_id,
             snippets.IFRAME_DEFAULT_HEIGHT,
             mark_safe(snippets.frame_fit_script(element_id, None)),  # noqa: S308 (our own script)
+        )
+
+    # The confirmation email's fields, added to whatever the fieldsets above say (new
+    # methods, so the form's own layout stays in one place).
+    def get_fieldsets(self, request, obj=None):
+        confirmation = (
+            "Confirmation email (double opt-in)",
+            {
+                "fields": ["confirmation_subject", "confirmation_body", "confirmation_preview"],
+                "description": (
+                    "Sent to everyone who signs up while double opt-in is on, from the "
+                    "address and in the look (logo, shop name, accent colour) of your "
+                    "Sender settings."
+                ),
+            },
+        )
+        return [*super().get_fieldsets(request, obj), confirmation]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "confirmation_preview"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "confirmation_subject":  # a whole subject line, not a word
+            field.widget.attrs["style"] = "width:40em;max-width:100%"
+        return field
+
+    @admin.display(description="Preview")
+    def confirmation_preview(self, obj: SignupForm | None) -> str:
+        from audience import emails
+
+        try:
+            subject, html, _text = emails.confirmation_preview(form=obj)
+        except ValidationError:
+            return "Fix the errors above to see the preview."
+        # srcdoc and a sandbox without scripts: the mail as a mail client shows it.
+        return format_html(
+            '<p><strong>Subject:</strong> {}</p><iframe sandbox="" srcdoc="{}" '
+            'title="Confirmation email preview" style="width:640px;max-width:100%;'
+            'height:560px;border:1px solid #ccc;border-radius:6px"></iframe>',
+            subject,
+            html,
         )
 
 

@@ -32,6 +32,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audience import emails
+from audience.branding import Brand, brand_current
 from audience.models import Contact
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,15 @@ def send_due(*, limit: int = 500) -> tuple[int, bool]:
     due = Contact.objects.filter(confirmation_due=True)
     due.filter(confirmation_sent_at__lt=expired).update(confirmation_due=False)
     ids = list(due.order_by("pk").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0, False
+    # Read once for the batch: who it is from and the layout's brand. Each form's mail is
+    # compiled once too (emails.confirmation_compile), so a contact costs a render.
+    brand = brand_current()
     sent = 0
     for contact_id in ids:
         try:
-            sent += send_one(contact_id=contact_id)
+            sent += send_one(contact_id=contact_id, brand=brand)
         except Exception as exc:
             if emails.is_transient(exc) or emails.is_setup_problem(exc):
                 logger.warning(
@@ -105,7 +111,7 @@ def send_due(*, limit: int = 500) -> tuple[int, bool]:
     return sent, len(ids) == limit
 
 
-def send_one(*, contact_id: int) -> bool:
+def send_one(*, contact_id: int, brand: Brand | None = None) -> bool:
     """Send one owed mail and clear the debt. False if nothing was owed, another worker
     holds the contact, the contact is no longer pending or the provider refused the
     address for good; any other error propagates with the debt kept."""
@@ -119,7 +125,7 @@ def send_one(*, contact_id: int) -> bool:
             )
             if contact is None:
                 return False
-            mailed = _mail(contact)
+            mailed = _mail(contact, brand)
             Contact.objects.filter(pk=contact_id).update(confirmation_due=False)
         return mailed
     # SQLite (the quickstart) has no row locks, and a transaction there holds the whole
@@ -132,17 +138,17 @@ def send_one(*, contact_id: int) -> bool:
     if contact is None:
         return False
     try:
-        return _mail(contact)
+        return _mail(contact, brand)
     except Exception:
         Contact.objects.filter(pk=contact_id).update(confirmation_due=True)
         raise
 
 
-def _mail(contact: Contact) -> bool:
+def _mail(contact: Contact, brand: Brand | None) -> bool:
     if contact.optin_requested_at is None or contact.status == Contact.Status.COMPLAINED:
         return False  # confirmed, unsubscribed or suppressed since: nothing to confirm
     try:
-        emails.send_confirmation_email(contact=contact)
+        emails.send_confirmation_email(contact=contact, brand=brand)
     except Exception as exc:
         if not emails.is_refusal(exc):
             raise

@@ -35,6 +35,26 @@ def _new_public_key() -> str:
     return secrets.token_urlsafe(9)
 
 
+# The double opt-in mail a new form starts with (and every form had before it could be
+# edited): merge fields as in a campaign, plus confirm_url, confirm_days, form_title and
+# accent_color (audience.emails.CONFIRMATION_FIELDS).
+DEFAULT_CONFIRMATION_SUBJECT = (
+    "Please confirm your subscription{% if form_title %}: {{ form_title }}{% endif %}"
+)
+DEFAULT_CONFIRMATION_BODY = """\
+Hello{% if first_name %} {{ first_name }}{% endif %},
+
+Please confirm that you want to hear from {{ from_name|default:"us" }}:
+
+<a href="{{ confirm_url }}" style="display:inline-block;padding:10px 18px;\
+background:{{ accent_color }};color:#ffffff;border-radius:6px;text-decoration:none;">\
+Yes, subscribe me</a>
+
+The link works for {{ confirm_days }} days. If you did not sign up, ignore this email \
+and you will not hear from us again.
+"""
+
+
 class SignupForm(models.Model):
     """A signup form a shop embeds on its own site (HTML, script, iframe or hosted page)."""
 
@@ -66,6 +86,28 @@ class SignupForm(models.Model):
     success_message = models.CharField(
         max_length=500, default="Thanks! Please check your inbox to confirm your subscription."
     )
+    confirmation_subject = models.CharField(
+        "confirmation email subject",
+        max_length=300,
+        blank=True,
+        default=DEFAULT_CONFIRMATION_SUBJECT,
+        help_text=(
+            "Merge fields as in a campaign, e.g. {{ form_title }}, {{ from_name }}. "
+            "Left empty: the default subject."
+        ),
+    )
+    confirmation_body = models.TextField(
+        "confirmation email",
+        blank=True,
+        default=DEFAULT_CONFIRMATION_BODY,
+        help_text=(
+            "Markdown; raw HTML allowed. Must link to {{ confirm_url }}, e.g. "
+            "[Yes, subscribe me]({{ confirm_url }}). Also: {{ first_name }}, "
+            "{{ from_name }}, {{ confirm_days }}, {{ form_title }}, {{ accent_color }}. "
+            "Sent in your branded layout (logo, shop name, accent colour: Sender settings). "
+            "Left empty: the default text."
+        ),
+    )
     redirect_url = models.URLField(
         blank=True, help_text="Where the plain HTML form sends people after signing up."
     )
@@ -86,14 +128,22 @@ class SignupForm(models.Model):
         return self.name
 
     def clean(self) -> None:
+        errors = {}
         bad = [o for o in self.origins if not _ORIGIN.match(o)]
         if bad:
-            raise ValidationError(
-                {
-                    "allowed_origins": "Each line must be an origin like https://shop.example.com "
-                    f"(scheme and host, no path): {', '.join(bad)}"
-                }
+            errors["allowed_origins"] = (
+                "Each line must be an origin like https://shop.example.com "
+                f"(scheme and host, no path): {', '.join(bad)}"
             )
+        # Checked as a campaign body is, and for the one link the mail exists for.
+        from audience.emails import confirmation_check  # emails imports this module
+
+        try:
+            confirmation_check(subject=self.confirmation_subject, body=self.confirmation_body)
+        except ValidationError as exc:
+            errors.update(exc.update_error_dict({}))
+        if errors:
+            raise ValidationError(errors)
 
     @cached_property  # read by every signup; the form object is cached per process
     def origins(self) -> list[str]:

@@ -528,6 +528,73 @@ def confirmations_request(*, contacts: QuerySet[Contact]) -> int:
     return claimed
 
 
+@dataclass(frozen=True)
+class Resend:
+    """What contact_confirmation_resend did: queued, or why not and when it may."""
+
+    queued: bool
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
+@transaction.atomic
+def contact_confirmation_resend(*, contact: Contact, evidence: Evidence) -> Resend:
+    """The owner asked, from the contact's page, to send a pending contact's double
+    opt-in mail again: owe it for the contact's current request (a fresh link for the
+    same request: an earlier link keeps working, no new episode is opened unless none
+    is open), with an admin ConsentEvent naming who asked.
+
+    Rate-limited by the same conditional UPDATE as every other confirmation (one mail
+    per CONFIRMATION_RESEND_SECONDS per contact), so repeated clicks, two tabs or two
+    admins queue one mail, and nobody can use the button to flood an inbox.
+    """
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    if contact.status != Status.PENDING:
+        return Resend(False, f"Only a pending contact is sent a confirmation ({contact.status}).")
+    if not confirmations_request(contacts=Contact.objects.filter(pk=contact.pk)):
+        retry_at = (contact.confirmation_sent_at or timezone.now()) + _resend_window()
+        return Resend(False, "A confirmation was sent moments ago.", retry_at)
+    contact.refresh_from_db(fields=["confirmation_sent_at", "optin_requested_at"])
+    _record(
+        contact, kind=ConsentEvent.Kind.ADMIN, before=contact.status, evidence=evidence,
+        detail={"action": "resend-confirmation"},
+    )  # fmt: skip
+    return Resend(True)
+
+
+@transaction.atomic
+def contact_mark_subscribed(*, contact: Contact, statement: str, evidence: Evidence) -> Contact:
+    """The owner has consent evidence of their own for a pending contact (a signed paper
+    form, an order with the box ticked) and says so: the contact is subscribed, with a
+    ConsentEvent holding that statement and the acting user.
+
+    Only from pending. A contact who unsubscribed, bounced or complained is moved back to
+    subscribed by nothing but their own act (ARCHITECTURE.md): their own confirm link or
+    signup, never an admin's word.
+    """
+    statement = clean_text(statement, max_length=2000, field="statement")
+    if not statement:
+        raise ValidationError({"statement": "Say how this person gave their consent."})
+    contact = Contact.objects.select_for_update().get(pk=contact.pk)
+    if contact.status in SUPPRESSED:
+        raise ValidationError(
+            f"This contact is {contact.get_status_display().lower()}: only their own act "
+            "(their confirm link, or signing up again) can subscribe them again, not an admin."
+        )
+    if contact.status != Status.PENDING:
+        raise ValidationError("This contact is already subscribed.")
+    before = contact.status
+    contact.status = Status.SUBSCRIBED
+    contact.confirmed_at = timezone.now()
+    closed = _close_request(contact)  # the open request is answered: its mail not owed
+    contact.save(update_fields=["status", "confirmed_at", *closed, "updated_at"])
+    _record(
+        contact, kind=ConsentEvent.Kind.ADMIN, before=before, evidence=evidence,
+        consent_text=statement, detail={"action": "mark-subscribed"},
+    )  # fmt: skip
+    return contact
+
+
 @transaction.atomic
 def contact_confirm(
     *, contact: Contact, requested_at: datetime, evidence: Evidence

@@ -254,3 +254,133 @@ def test_signup_form_add_page_shows_no_key_and_the_saved_form_shows_its_own(
     page = admin_client.get(f"/admin/audience/signupform/{saved.pk}/change/").content.decode()
     assert f'<div class="readonly">{saved.public_key}</div>' in page
     assert f"/f/{saved.public_key}/embed.js" in page
+
+
+# --- the contact page's consent actions, the form's confirmation email -----------------
+
+
+def _pending_contact():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return ContactFactory(
+        status="pending", confirmation_sent_at=timezone.now() - timedelta(hours=1)
+    )
+
+
+def test_a_pending_contacts_page_offers_resend_and_mark_subscribed(admin_client):
+    pending = _pending_contact()
+    body = admin_client.get(f"{CHANGELIST}{pending.pk}/change/").content.decode()
+    assert f'formaction="{CHANGELIST}{pending.pk}/resend-confirmation/"' in body
+    assert f'href="{CHANGELIST}{pending.pk}/mark-subscribed/"' in body
+    gone = ContactFactory(status="unsubscribed")
+    body = admin_client.get(f"{CHANGELIST}{gone.pk}/change/").content.decode()
+    assert "resend-confirmation" not in body and "mark-subscribed" not in body
+    assert "comes back only by their own act" in body
+
+
+def test_resend_confirmation_posts_once_per_window_and_a_get_sends_nothing(
+    admin_client, mailoutbox, eager_tasks, django_capture_on_commit_callbacks
+):
+    contact = _pending_contact()
+    url = f"{CHANGELIST}{contact.pk}/resend-confirmation/"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.get(url).status_code == 302
+    assert not mailoutbox
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, follow=True)
+    assert "A new confirmation email is on its way" in response.content.decode()
+    assert [m.to for m in mailoutbox] == [[contact.email]]
+    assert contact.consent_events.get().actor == "admin"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, follow=True)
+    assert "another can be sent in about 10 minutes" in response.content.decode()
+    assert len(mailoutbox) == 1
+
+
+def test_staff_who_may_only_view_cannot_resend_or_mark_subscribed(
+    client, django_user_model, mailoutbox
+):
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename="view_contact"))
+    client.force_login(staff)
+    contact = _pending_contact()
+    assert client.post(f"{CHANGELIST}{contact.pk}/resend-confirmation/").status_code == 403
+    response = client.post(f"{CHANGELIST}{contact.pk}/mark-subscribed/", {"statement": "x"})
+    assert response.status_code == 403
+    contact.refresh_from_db()
+    assert (contact.status, contact.confirmation_due) == ("pending", False)
+    assert not contact.consent_events.exists()
+
+
+def test_mark_subscribed_with_evidence_from_the_contact_page(admin_client):
+    contact = _pending_contact()
+    url = f"{CHANGELIST}{contact.pk}/mark-subscribed/"
+    assert "How did this person give their consent?" in admin_client.get(url).content.decode()
+    response = admin_client.post(url, {"statement": ""})
+    assert response.status_code == 200
+    assert "This field is required" in response.content.decode()
+    assert Contact.objects.get(pk=contact.pk).status == "pending"
+    response = admin_client.post(url, {"statement": "Ticked the box on the paper order form"})
+    assert response.status_code == 302
+    contact.refresh_from_db()
+    assert contact.status == "subscribed"
+    event = contact.consent_events.get()
+    assert (event.actor, event.consent_text) == ("admin", "Ticked the box on the paper order form")
+    timeline = admin_client.get(f"{CHANGELIST}{contact.pk}/change/").content.decode()
+    assert "Ticked the box on the paper order form" in timeline
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained"])
+def test_mark_subscribed_refuses_a_suppressed_contact_clearly(admin_client, status):
+    contact = ContactFactory(status=status)
+    url = f"{CHANGELIST}{contact.pk}/mark-subscribed/"
+    page = admin_client.get(url).content.decode()
+    assert f"{contact.email} is {status}. Only their own act" in page
+    assert 'type="submit"' not in page.split('id="content"')[-1]
+    response = admin_client.post(url, {"statement": "They told me on the phone"})
+    assert "Only their own act" in response.content.decode()
+    contact.refresh_from_db()
+    assert contact.status == status
+    assert not contact.consent_events.exists()
+
+
+def _form_post(form, **changes):
+    data = {"name": form.name, "title": form.title, "button_label": "Go",
+            "name_field": "optional", "phone_field": "hidden", "success_message": "ok",
+            "enabled": "on", "double_opt_in": "on", "allowed_origins": "https://shop.example.com",
+            "confirmation_subject": form.confirmation_subject,
+            "confirmation_body": form.confirmation_body}  # fmt: skip
+    return {**data, **changes}
+
+
+def test_the_signup_form_page_edits_and_previews_its_confirmation_email(admin_client, sender):
+    sender.logo_url = "https://corner.example/logo.png"
+    sender.save()
+    form = SignupFormFactory(title="Footer")
+    url = f"/admin/audience/signupform/{form.pk}/change/"
+    body = admin_client.get(url).content.decode()
+    assert "Confirmation email (double opt-in)" in body
+    assert 'name="confirmation_body"' in body
+    # The preview is the mail as sent: the shop's logo, the subject, a confirm button.
+    assert "<strong>Subject:</strong> Please confirm your subscription: Footer" in body
+    assert "srcdoc=" in body and "https://corner.example/logo.png" in body
+    assert "Yes, subscribe me" in body
+
+    response = admin_client.post(url, _form_post(form, confirmation_body="Welcome! No link."))
+    assert response.status_code == 200
+    assert "The email must link to {{ confirm_url }}" in response.content.decode()
+    form.refresh_from_db()
+    assert "{{ confirm_url }}" in form.confirmation_body
+
+    new_body = "Welcome to the **market** list. [Confirm]({{ confirm_url }})"
+    response = admin_client.post(url, _form_post(form, confirmation_body=new_body))
+    assert response.status_code == 302
+    form.refresh_from_db()
+    assert form.confirmation_body == new_body
+    assert "Welcome to the &lt;strong&gt;market&lt;/strong&gt; list." in (
+        admin_client.get(url).content.decode()
+    )  # in the preview's srcdoc, escaped once

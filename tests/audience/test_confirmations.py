@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from datetime import timedelta
 
@@ -10,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from audience import importing, services
-from audience.models import Contact
+from audience.models import Contact, SignupForm
 from audience.tasks import send_confirmation, send_due_confirmations
 from config.celery import app as celery_app
 from tests.factories import ContactFactory, SignupFormFactory
@@ -176,3 +177,156 @@ def test_signups_while_the_broker_is_down_answer_fast_and_still_owe_their_mail(
     assert not mailoutbox
     assert send_due_confirmations.apply().get() == 21
     assert sorted(m.to[0] for m in mailoutbox) == sorted(emails)
+
+
+# --- the mail itself: from the sender settings, the form's own text, the branded layout ---
+
+CONFIRM_HREF = re.compile(r'href="(http://testserver/confirm/[^"]+/)"')
+
+
+def test_the_confirmation_comes_from_the_sender_settings(esp, form, sender, settings):
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    _signup(form, "ada@example.com")
+    assert send_due_confirmations.apply().get() == 1
+    [mail] = esp.state.messages()
+    assert mail["from"] == "Corner Shop <hello@corner.example>"
+    assert mail["headers"]["Reply-To"] == "owner@corner.example"
+    assert "hello@localhost" not in mail["from"]
+
+
+def test_without_a_sender_address_the_confirmation_comes_from_default_from_email(
+    esp, form, settings
+):
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    settings.DEFAULT_FROM_EMAIL = "Shop <shop@fallback.example>"
+    _signup(form, "ada@example.com")
+    assert send_due_confirmations.apply().get() == 1
+    [mail] = esp.state.messages()
+    assert mail["from"] == "Shop <shop@fallback.example>"
+    assert "Reply-To" not in mail["headers"]
+
+
+def test_each_form_sends_its_own_text_in_the_branded_layout_and_its_link_confirms(
+    esp, sender, settings, client
+):
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    sender.logo_url = "https://corner.example/logo.png"
+    sender.accent_color = "#aa3300"
+    sender.save()
+    form = SignupFormFactory(
+        title="Market news",
+        confirmation_subject="{{ first_name|default:'Friend' }}, one click for {{ from_name }}",
+        confirmation_body=(
+            "**Hi {{ first_name }}!** Thanks for visiting {{ form_title }}.\n\n"
+            "[Count me in]({{ confirm_url }})\n\nValid {{ confirm_days }} days."
+        ),
+    )
+    other = SignupFormFactory()  # a form left with the default text
+    services.contact_subscribe(
+        form=form, email="ann@example.com", first_name="<b>Ann</b>",
+        evidence=services.Evidence(method="form-html"),
+    )  # fmt: skip
+    _signup(other, "bo@example.com")
+    assert send_due_confirmations.apply().get() == 2
+    mails = {m["to"]: m for m in esp.state.messages()}
+
+    ann = mails["ann@example.com"]
+    assert ann["subject"] == "<b>Ann</b>, one click for Corner Shop"
+    html = ann["html"]
+    assert "<strong>Hi &lt;b&gt;Ann&lt;/b&gt;!</strong> Thanks for visiting Market news." in html
+    assert '<img src="https://corner.example/logo.png" alt="Corner Shop"' in html
+    assert "border-top:4px solid #aa3300" in html
+    assert "Valid 7 days." in html
+    assert "1 High Street, Springfield" in html  # the shop's own footer
+    link = CONFIRM_HREF.search(html).group(1)
+    assert f"Count me in ({link})" in ann["text"]
+    assert "Hi <b>Ann</b>!" in ann["text"]  # as typed in the text part
+
+    bo = mails["bo@example.com"]
+    assert bo["subject"].startswith("Please confirm your subscription")
+    assert "Please confirm that you want to hear from Corner Shop" in bo["html"]
+    assert "Yes, subscribe me" in bo["html"]
+
+    # The edited mail's link is a real one: it confirms the request it was mailed for.
+    path = link.removeprefix("http://testserver")
+    assert client.get(path).status_code == 200
+    assert client.post(path).status_code == 200
+    assert Contact.objects.get(email="ann@example.com").status == Contact.Status.SUBSCRIBED
+
+
+def test_a_batch_compiles_each_forms_mail_once_and_an_edit_is_seen_by_the_next(
+    esp, form, sender, settings, monkeypatch
+):
+    from audience import emails
+
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    builds = []
+    real_build = emails._build
+    monkeypatch.setattr(emails, "_build", lambda **kw: builds.append(kw) or real_build(**kw))
+    monkeypatch.setattr(emails, "_cache", {})
+    for i in range(6):
+        _signup(form, f"batch{i}@example.com")
+    assert send_due_confirmations.apply().get() == 6
+    assert len(builds) == 1  # one Markdown pass and one layout for the six mails
+
+    form.confirmation_body = "New words. [Confirm]({{ confirm_url }})"
+    form.full_clean()
+    form.save()
+    builds.clear()  # the check compiled it too; what counts is the sender
+    _signup(SignupForm.objects.get(pk=form.pk), "later@example.com")
+    assert send_due_confirmations.apply().get() == 1
+    assert len(builds) == 1
+    later = [m for m in esp.state.messages() if m["to"] == "later@example.com"]
+    assert "New words." in later[0]["html"]
+
+
+def test_a_contact_added_without_a_form_gets_the_default_mail_from_the_sender(
+    esp, sender, settings
+):
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    services.contact_create(email="typed@example.com", evidence=services.Evidence(method="admin"))
+    assert send_due_confirmations.apply().get() == 1
+    [mail] = esp.state.messages()
+    assert mail["from"] == "Corner Shop <hello@corner.example>"
+    assert mail["subject"] == "Please confirm your subscription"
+    assert CONFIRM_HREF.search(mail["html"])
+
+
+@pytest.mark.parametrize(
+    ("subject", "body", "field", "message"),
+    [
+        ("Hi", "Please confirm. Thanks!", "confirmation_body", "must link to {{ confirm_url }}"),
+        ("Hi", "{% if first_name %}[Yes]({{ confirm_url }}){% endif %}", "confirmation_body",
+         "must link to {{ confirm_url }}"),
+        ("Hi", "Plain {{ confirm_url }} is no link", "confirmation_body", "must link to"),
+        ("Hi", "[Yes]({{ confirm_url }}) {{ password }}", "confirmation_body",
+         "Unknown merge field 'password'"),
+        ("Hi", "{% load static %}[Yes]({{ confirm_url }})", "confirmation_body",
+         "Merge field error"),
+        ("Hi {{ first_name", "[Yes]({{ confirm_url }})", "confirmation_subject",
+         "never closed"),
+        ("Hi {{ secret }}", "[Yes]({{ confirm_url }})", "confirmation_subject",
+         "Unknown merge field 'secret'"),
+    ],
+)  # fmt: skip
+def test_a_form_refuses_a_confirmation_mail_it_could_not_send(subject, body, field, message):
+    from django.core.exceptions import ValidationError
+
+    form = SignupFormFactory()
+    form.confirmation_subject, form.confirmation_body = subject, body
+    with pytest.raises(ValidationError) as refused:
+        form.full_clean()
+    assert message in " ".join(refused.value.message_dict[field])
+    form.refresh_from_db()
+    assert "{{ confirm_url }}" in form.confirmation_body  # the stored mail is untouched
+
+
+def test_a_confirmation_left_empty_is_the_default_one(esp, sender, settings):
+    settings.CONFIRMATION_BATCH_SECONDS = 60
+    form = SignupFormFactory(title="Shop", confirmation_subject="", confirmation_body="")
+    form.full_clean()
+    _signup(form, "ada@example.com")
+    assert send_due_confirmations.apply().get() == 1
+    [mail] = esp.state.messages()
+    assert mail["subject"] == "Please confirm your subscription: Shop"
+    assert CONFIRM_HREF.search(mail["html"])

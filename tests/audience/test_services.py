@@ -260,3 +260,112 @@ def test_saying_no_to_a_new_request_wins_over_a_signup_from_before_it(mailoutbox
     services.contacts_subscribe_batch([late])
     contact.refresh_from_db()
     assert (contact.status, contact.optin_requested_at) == ("unsubscribed", None)
+
+
+# --- resend confirmation, mark subscribed with evidence (the contact page) ---------------
+
+ADMIN = services.Evidence(method="admin", ip="192.0.2.1", actor="owner")
+
+
+def _pending(**fields):
+    return ContactFactory(
+        status=Contact.Status.PENDING,
+        confirmation_sent_at=timezone.now() - timedelta(hours=2),
+        **fields,
+    )
+
+
+def test_resend_mails_a_fresh_link_for_the_same_request_once_per_window(
+    mailoutbox, django_capture_on_commit_callbacks, client
+):
+    contact = _pending()
+    requested = contact.optin_requested_at
+    old_token = make_token("confirm", contact)
+    with django_capture_on_commit_callbacks(execute=True):
+        done = services.contact_confirmation_resend(contact=contact, evidence=ADMIN)
+    assert done.queued
+    assert [m.to for m in mailoutbox] == [[contact.email]]
+    contact.refresh_from_db()
+    assert contact.optin_requested_at == requested  # the same episode: no new request
+    assert not contact.confirmation_due  # sent
+    event = contact.consent_events.get()
+    assert (event.kind, event.actor, event.detail) == (
+        "admin", "owner", {"action": "resend-confirmation"}
+    )  # fmt: skip
+
+    # Clicking again at once (or from a second tab) sends nothing, and says when it may.
+    with django_capture_on_commit_callbacks(execute=True):
+        again = services.contact_confirmation_resend(contact=contact, evidence=ADMIN)
+    assert not again.queued
+    assert again.retry_at > timezone.now()
+    assert len(mailoutbox) == 1
+    assert contact.consent_events.count() == 1
+
+    # Both links are for the open request: the earlier one still confirms it.
+    assert client.post(f"/confirm/{old_token}/").status_code == 200
+    contact.refresh_from_db()
+    assert contact.status == Contact.Status.SUBSCRIBED
+
+
+@pytest.mark.parametrize("status", ["subscribed", "unsubscribed", "bounced", "complained"])
+def test_resend_is_only_for_pending_contacts(
+    status, mailoutbox, django_capture_on_commit_callbacks
+):
+    contact = ContactFactory(status=status)
+    with django_capture_on_commit_callbacks(execute=True):
+        done = services.contact_confirmation_resend(contact=contact, evidence=ADMIN)
+    assert not done.queued and done.retry_at is None
+    assert "Only a pending contact" in done.reason
+    assert not mailoutbox
+    assert not contact.consent_events.exists()
+
+
+def test_mark_subscribed_records_the_owners_evidence_and_ends_the_request(client):
+    contact = _pending()
+    token = make_token("confirm", contact)
+    Contact.objects.filter(pk=contact.pk).update(confirmation_due=True)
+    done = services.contact_mark_subscribed(
+        contact=contact, statement="  Signed the paper sheet at the market, 12 May ",
+        evidence=ADMIN,
+    )  # fmt: skip
+    done.refresh_from_db()
+    assert done.status == Contact.Status.SUBSCRIBED
+    assert done.confirmed_at is not None
+    assert not done.confirmation_due  # the owed mail is not sent any more
+    event = done.consent_events.get()
+    assert (event.kind, event.status_before, event.status_after) == (
+        "admin",
+        "pending",
+        "subscribed",
+    )
+    assert event.consent_text == "Signed the paper sheet at the market, 12 May"
+    assert (event.actor, event.ip, event.detail) == (
+        "owner",
+        "192.0.2.1",
+        {"action": "mark-subscribed"},
+    )
+    # The request is answered: its link confirms nothing more.
+    client.post(f"/confirm/{token}/")
+    assert done.consent_events.count() == 1
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained"])
+def test_mark_subscribed_never_brings_back_a_suppressed_contact(status):
+    contact = ContactFactory(status=status)
+    with pytest.raises(ValidationError) as refused:
+        services.contact_mark_subscribed(contact=contact, statement="They said so", evidence=ADMIN)
+    assert "only their own act" in refused.value.messages[0]
+    contact.refresh_from_db()
+    assert contact.status == status
+    assert not contact.consent_events.exists()
+
+
+def test_mark_subscribed_needs_a_statement_and_a_pending_contact():
+    contact = _pending()
+    with pytest.raises(ValidationError) as refused:
+        services.contact_mark_subscribed(contact=contact, statement=" \n ", evidence=ADMIN)
+    assert "how this person gave their consent" in refused.value.message_dict["statement"][0]
+    assert Contact.objects.get(pk=contact.pk).status == Contact.Status.PENDING
+    subscribed = ContactFactory(status="subscribed")
+    with pytest.raises(ValidationError, match="already subscribed"):
+        services.contact_mark_subscribed(contact=subscribed, statement="x", evidence=ADMIN)
