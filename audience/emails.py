@@ -15,6 +15,7 @@ from django.template.loader import render_to_string
 
 from audience.models import Contact
 from audience.tokens import contact_url
+from config.providers import send_failing_over
 
 
 def send_confirmation_email(*, contact: Contact) -> None:
@@ -33,7 +34,9 @@ def send_confirmation_email(*, contact: Contact) -> None:
         to=[contact.email],
     )
     message.attach_alternative(render_to_string("email/confirm.html", context), "text/html")
-    message.send()
+    # Through the primary, or the failover provider when the primary fails for a
+    # passing reason (the same providers and connections as the campaigns').
+    send_failing_over([message], transient=is_transient)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -144,6 +144,17 @@ class Campaign(models.Model):
         default=0, help_text="Automatic resumes since a message last got through."
     )
     provider_pause_count = models.PositiveIntegerField(default=0)
+
+    class Provider(models.TextChoices):
+        PRIMARY = "primary", "Primary provider"
+        SECONDARY = "secondary", "Failover provider"
+
+    # Which provider the chunks go out through: the primary, until it has failed
+    # EMAIL_FAILOVER_AFTER_CHUNKS chunks in a row and a failover is configured
+    # (campaigns.providers switches it, once, and says when and why).
+    provider = models.CharField(max_length=9, choices=Provider.choices, default=Provider.PRIMARY)
+    provider_switched_at = models.DateTimeField(null=True, blank=True)
+    provider_switch_reason = models.TextField(blank=True)
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
