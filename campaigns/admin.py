@@ -383,6 +383,9 @@ class CampaignAdmin(admin.ModelAdmin):
             context["live"] = obj.status in {Campaign.Status.SENDING, Campaign.Status.PAUSED}
             context["progress_url"] = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
             context["status_labels"] = dict(Campaign.Status.choices)
+            from campaigns.providers import campaign_provider_shown
+
+            context["provider_shown"] = campaign_provider_shown(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def audience_count_view(self, request: HttpRequest) -> JsonResponse:
