@@ -197,6 +197,11 @@ def test_a_blast_finishes_through_the_failover_when_the_primary_dies_mid_way(
     }
     # No pause: the primary's failures went to the failover, not to the owner.
     assert campaign.provider_pause_count == 0
+    print(
+        f"primary {primary.state.stats()['recipients']}, secondary "
+        f"{postmark_failover.state.stats()['recipients']}, received twice "
+        f"{sum(received.values()) - n}, duplicate_count {campaign.duplicate_count}"
+    )
 
     page = admin_client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
     assert "Switched to the failover provider" in page
