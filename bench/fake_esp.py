@@ -30,6 +30,7 @@ Control (JSON over HTTP, or call the methods on `server.state` in-process):
                                                      latency and the cap stay)
     GET  /_stats                                     {"requests": …, "recipients": …}
     GET  /_messages                                  every recipient's message, expanded
+    GET  /_recipients                                {recipient: messages received}
 
 Run alone: `python bench/fake_esp.py --port 8025 --record recipients --latency-ms 150
 --jitter-ms 50 --max-in-flight 80`. Two of them on two ports are a primary and a failover
@@ -302,6 +303,10 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, self.state.stats())
         elif self.path == "/_messages":
             self._reply(200, self.state.messages())
+        elif self.path == "/_recipients":
+            with self.state.lock:
+                counts = dict(self.state.recipients)
+            self._reply(200, counts)
         else:
             self._reply(404, {"message": "not found"})
 

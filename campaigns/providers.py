@@ -38,6 +38,7 @@ __all__ = [
     "Provider",
     "batch_supported",
     "campaign_failover_due",
+    "campaign_on_failover",
     "campaign_provider",
     "campaign_provider_switch",
     "connection_for",
@@ -61,12 +62,22 @@ def campaign_provider(campaign: Campaign) -> Provider:
     return by_role(campaign.provider)
 
 
+def campaign_on_failover(*, campaign_id: int, provider: str) -> bool:
+    """A chunk sent through the primary failed, but the campaign has switched to the
+    failover meanwhile (another worker did): the chunk goes again at once, through the
+    failover, and its failure is not counted against the failover."""
+    if provider != PRIMARY or secondary() is None:
+        return False
+    current = Campaign.objects.filter(pk=campaign_id).values_list("provider", flat=True)
+    return current.first() == SECONDARY
+
+
 def campaign_failover_due(*, campaign_id: int, provider: str, reason: str) -> bool:
-    """A chunk sent through `provider` was turned away for a passing reason (before
-    chunk_failed counts it). True: the chunk should go again at once, through the
-    secondary, because the campaign has just switched to it (here, or in a racing
-    worker). False: no failover (none configured, already on it, not yet due); the
-    chunk is retried as it would be without one."""
+    """A chunk sent through `provider` was turned away for a passing reason, and
+    chunk_failed has counted it. True: the campaign is on the failover now (switched
+    here, or by a racing worker) and the chunk should go again at once, through it.
+    False: no failover (none configured, already on it, or not yet due); the chunk is
+    retried as it would be without one."""
     backup = secondary()
     if provider != PRIMARY or backup is None:
         return False
@@ -79,21 +90,37 @@ def campaign_failover_due(*, campaign_id: int, provider: str, reason: str) -> bo
         return False
     current, failures, _status = row
     if current == SECONDARY:
-        return True  # another worker switched while this chunk was on the primary
-    # `failures` counts the chunks turned away since a message last got through; this
-    # one is not counted yet.
+        return True
+    # `failures`: the chunks turned away since a message last got through, this one
+    # included (chunk_failed's atomic increment, so two workers failing at the same
+    # instant count two, and both see it).
     needed = settings.EMAIL_FAILOVER_AFTER_CHUNKS
-    if failures + 1 < needed:
+    if failures < needed:
         return False
-    when = timezone.localtime()
     reason = (
-        f"{primary().name} turned {failures + 1} chunk{'s' if failures else ''} in a row "
+        f"{primary().name} turned {failures} chunk{'s' if failures > 1 else ''} in a row "
         f"away (the limit is {needed}); the rest goes through {backup.name}. "
         f"{primary().name} said: {reason}"
     )
-    campaign_provider_switch(campaign_id=campaign_id, reason=reason[:2000])
-    logger.warning("Campaign %s switched to %s at %s", campaign_id, backup.name, when)
+    if campaign_provider_switch(campaign_id=campaign_id, reason=reason[:2000]):
+        logger.warning("Campaign %s switched to %s: %s", campaign_id, backup.name, reason[:300])
+        _retry_failed_chunks_now(campaign_id)
     return True
+
+
+def _retry_failed_chunks_now(campaign_id: int) -> None:
+    """The chunks the primary turned away before the switch wait out its backoff (5 s and
+    growing); through the failover they need not. Sending a chunk task twice is harmless
+    (the claim lets one send), so their delayed retries, when they come, find them done.
+    Only chunks already tried: the rest are on their way from campaign_start."""
+    from campaigns.models import DeliveryChunk
+    from campaigns.tasks import send_chunk
+
+    tried = DeliveryChunk.objects.filter(
+        campaign_id=campaign_id, status=DeliveryChunk.Status.QUEUED, attempts__gt=0
+    ).values_list("number", flat=True)
+    for number in tried:
+        send_chunk.delay(campaign_id, number)
 
 
 def campaign_provider_switch(*, campaign_id: int, reason: str) -> bool:

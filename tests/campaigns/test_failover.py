@@ -211,14 +211,16 @@ def test_a_blast_finishes_through_the_failover_when_the_primary_dies_mid_way(
 
 
 def test_racing_workers_switch_a_campaign_once(shop, primary, postmark_failover):
+    """Two workers' chunks failed on the primary at the same instant: chunk_failed
+    counted both (2, the limit), both ask, one switches, both retry through the
+    failover, and the switch (its time, its reason) is the first one's."""
     _recipients(3)
     campaign = _start()
-    Campaign.objects.filter(pk=campaign.pk).update(consecutive_failed_chunks=1)
+    Campaign.objects.filter(pk=campaign.pk).update(consecutive_failed_chunks=2)
     due = providers.campaign_failover_due
     assert due(campaign_id=campaign.pk, provider="primary", reason="503 first")
     first = Campaign.objects.get(pk=campaign.pk)
-    # The other workers' chunks failed on the primary too: they retry through the
-    # secondary at once, and the switch (its time, its reason) stays the first one's.
+    assert first.consecutive_failed_chunks == 0  # the failover's count starts afresh
     assert due(campaign_id=campaign.pk, provider="primary", reason="503 second")
     assert not providers.campaign_provider_switch(campaign_id=campaign.pk, reason="again")
     again = Campaign.objects.get(pk=campaign.pk)
@@ -227,13 +229,19 @@ def test_racing_workers_switch_a_campaign_once(shop, primary, postmark_failover)
         first.provider_switch_reason,
     )
     assert "503 first" in again.provider_switch_reason
-    # A chunk the secondary turned away is retried as before: there is no third provider.
+    # A third worker's chunk, still on the primary, goes again through the failover
+    # without counting against it.
+    assert providers.campaign_on_failover(campaign_id=campaign.pk, provider="primary")
+    # A chunk the failover turned away is retried as before: there is no third provider.
+    assert not providers.campaign_on_failover(campaign_id=campaign.pk, provider="secondary")
     assert not due(campaign_id=campaign.pk, provider="secondary", reason="503")
 
 
 def test_one_failed_chunk_is_not_enough_to_switch(shop, primary, postmark_failover):
     _recipients(3)
     campaign = _start()
+    Campaign.objects.filter(pk=campaign.pk).update(consecutive_failed_chunks=1)
+    assert not providers.campaign_on_failover(campaign_id=campaign.pk, provider="primary")
     assert not providers.campaign_failover_due(
         campaign_id=campaign.pk, provider="primary", reason="503"
     )
