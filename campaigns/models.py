@@ -153,6 +153,9 @@ class Campaign(models.Model):
     # EMAIL_FAILOVER_AFTER_CHUNKS chunks in a row and a failover is configured
     # (campaigns.providers switches it, once, and says when and why).
     provider = models.CharField(max_length=9, choices=Provider.choices, default=Provider.PRIMARY)
+    # Chunks in a row the primary turned away (a chunk it took whole starts the count
+    # over; one that got part through before failing still counts as failed).
+    provider_failed_chunks = models.PositiveIntegerField(default=0)
     provider_switched_at = models.DateTimeField(null=True, blank=True)
     provider_switch_reason = models.TextField(blank=True)
     created_by = models.CharField(max_length=150, blank=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from campaigns.models import Campaign
@@ -38,7 +39,7 @@ __all__ = [
     "Provider",
     "batch_supported",
     "campaign_failover_due",
-    "campaign_on_failover",
+    "campaign_primary_took_chunk",
     "campaign_provider",
     "campaign_provider_switch",
     "connection_for",
@@ -62,40 +63,29 @@ def campaign_provider(campaign: Campaign) -> Provider:
     return by_role(campaign.provider)
 
 
-def campaign_on_failover(*, campaign_id: int, provider: str) -> bool:
-    """A chunk sent through the primary failed, but the campaign has switched to the
-    failover meanwhile (another worker did): the chunk goes again at once, through the
-    failover, and its failure is not counted against the failover."""
-    if provider != PRIMARY or secondary() is None:
-        return False
-    current = Campaign.objects.filter(pk=campaign_id).values_list("provider", flat=True)
-    return current.first() == SECONDARY
-
-
 def campaign_failover_due(*, campaign_id: int, provider: str, reason: str) -> bool:
-    """A chunk sent through `provider` was turned away for a passing reason, and
-    chunk_failed has counted it. True: the campaign is on the failover now (switched
-    here, or by a racing worker) and the chunk should go again at once, through it.
-    False: no failover (none configured, already on it, or not yet due); the chunk is
-    retried as it would be without one."""
+    """A chunk sent through `provider` was turned away for a passing reason. True: the
+    campaign is on the failover now (switched here, or already by another worker) and
+    the chunk should go again at once, through it, uncounted. False: no failover (none
+    configured, the failover itself failed, or not yet due): the chunk is counted and
+    retried as it would be without one (chunk_failed)."""
     backup = secondary()
     if provider != PRIMARY or backup is None:
         return False
-    row = (
-        Campaign.objects.filter(pk=campaign_id)
-        .values_list("provider", "consecutive_failed_chunks", "status")
-        .first()
+    campaign = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING)
+    # One atomic increment per failed chunk: two workers failing at the same instant
+    # count two, and the second sees it.
+    counted = campaign.filter(provider=PRIMARY).update(
+        provider_failed_chunks=F("provider_failed_chunks") + 1
     )
-    if row is None or row[2] != Campaign.Status.SENDING:
+    row = campaign.values_list("provider", "provider_failed_chunks").first()
+    if row is None:
         return False
-    current, failures, _status = row
+    current, failures = row
     if current == SECONDARY:
-        return True
-    # `failures`: the chunks turned away since a message last got through, this one
-    # included (chunk_failed's atomic increment, so two workers failing at the same
-    # instant count two, and both see it).
+        return True  # switched by another worker while this chunk was on the primary
     needed = settings.EMAIL_FAILOVER_AFTER_CHUNKS
-    if failures < needed:
+    if not counted or failures < needed:
         return False
     reason = (
         f"{primary().name} turned {failures} chunk{'s' if failures > 1 else ''} in a row "
@@ -106,6 +96,16 @@ def campaign_failover_due(*, campaign_id: int, provider: str, reason: str) -> bo
         logger.warning("Campaign %s switched to %s: %s", campaign_id, backup.name, reason[:300])
         _retry_failed_chunks_now(campaign_id)
     return True
+
+
+def campaign_primary_took_chunk(*, campaign_id: int) -> None:
+    """A chunk went out whole through the primary: its failures so far were not "in a
+    row". One cheap UPDATE per chunk, and only with a failover configured."""
+    if secondary() is None:
+        return
+    Campaign.objects.filter(pk=campaign_id, provider_failed_chunks__gt=0).update(
+        provider_failed_chunks=0
+    )
 
 
 def _retry_failed_chunks_now(campaign_id: int) -> None:
@@ -131,6 +131,7 @@ def campaign_provider_switch(*, campaign_id: int, reason: str) -> bool:
         provider=SECONDARY,
         provider_switched_at=timezone.now(),
         provider_switch_reason=reason[:2000],
+        # The failover's own failures count from here (chunk_failed's pause).
         consecutive_failed_chunks=0,
         failing_since=None,
         updated_at=timezone.now(),

@@ -851,6 +851,8 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         raise
     finally:
         slots.close()
+    if provider.role == providers.PRIMARY:
+        providers.campaign_primary_took_chunk(campaign_id=campaign_id)
     return held.result
 
 

@@ -14,9 +14,11 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
     try:
         result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
     except sending.TransientSendError as exc:
-        if providers.campaign_on_failover(campaign_id=campaign_id, provider=exc.provider):
-            # Sent through the primary while another worker switched the campaign to the
-            # failover: this chunk goes again at once, through it.
+        if providers.campaign_failover_due(
+            campaign_id=campaign_id, provider=exc.provider, reason=str(exc)
+        ):
+            # The campaign goes through the failover provider now: this chunk goes again
+            # at once, not after the failed primary's backoff (its hold is its own).
             send_chunk.apply_async((campaign_id, chunk))
             return {"failover": True, "reason": str(exc)}
         # A chunk that got some mail through before the trouble is not running out of
@@ -29,13 +31,6 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
             exhausted=exhausted,
             provider=exc.provider,
         )
-        if not failure.paused and providers.campaign_failover_due(
-            campaign_id=campaign_id, provider=exc.provider, reason=str(exc)
-        ):
-            # The campaign goes through the failover provider now: this chunk goes again
-            # at once, not after the failed primary's backoff (its hold is its own).
-            send_chunk.apply_async((campaign_id, chunk))
-            return {"failover": True, "reason": str(exc)}
         if failure.paused or exhausted:
             # The rows are back in the queue; resume dispatches them again.
             return {"paused": True, "reason": str(exc)}

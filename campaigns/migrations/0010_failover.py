@@ -25,6 +25,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="campaign",
+            name="provider_failed_chunks",
+            field=models.PositiveIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name="campaign",
             name="provider_switched_at",
             field=models.DateTimeField(blank=True, null=True),
         ),

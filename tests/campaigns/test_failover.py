@@ -211,16 +211,17 @@ def test_a_blast_finishes_through_the_failover_when_the_primary_dies_mid_way(
 
 
 def test_racing_workers_switch_a_campaign_once(shop, primary, postmark_failover):
-    """Two workers' chunks failed on the primary at the same instant: chunk_failed
-    counted both (2, the limit), both ask, one switches, both retry through the
-    failover, and the switch (its time, its reason) is the first one's."""
+    """Chunks failing on the primary from several workers at once: each is counted
+    (atomically), the one that reaches the limit switches, the others see it done and
+    retry through the failover; the switch (its time, its reason) is the first one's."""
     _recipients(3)
     campaign = _start()
-    Campaign.objects.filter(pk=campaign.pk).update(consecutive_failed_chunks=2)
     due = providers.campaign_failover_due
+    assert not due(campaign_id=campaign.pk, provider="primary", reason="503 zeroth")
     assert due(campaign_id=campaign.pk, provider="primary", reason="503 first")
     first = Campaign.objects.get(pk=campaign.pk)
-    assert first.consecutive_failed_chunks == 0  # the failover's count starts afresh
+    assert first.provider == Campaign.Provider.SECONDARY
+    assert "turned 2 chunks in a row away" in first.provider_switch_reason
     assert due(campaign_id=campaign.pk, provider="primary", reason="503 second")
     assert not providers.campaign_provider_switch(campaign_id=campaign.pk, reason="again")
     again = Campaign.objects.get(pk=campaign.pk)
@@ -229,23 +230,22 @@ def test_racing_workers_switch_a_campaign_once(shop, primary, postmark_failover)
         first.provider_switch_reason,
     )
     assert "503 first" in again.provider_switch_reason
-    # A third worker's chunk, still on the primary, goes again through the failover
-    # without counting against it.
-    assert providers.campaign_on_failover(campaign_id=campaign.pk, provider="primary")
+    assert again.provider_failed_chunks == 2  # the late one was not counted
     # A chunk the failover turned away is retried as before: there is no third provider.
-    assert not providers.campaign_on_failover(campaign_id=campaign.pk, provider="secondary")
     assert not due(campaign_id=campaign.pk, provider="secondary", reason="503")
 
 
-def test_one_failed_chunk_is_not_enough_to_switch(shop, primary, postmark_failover):
+def test_a_chunk_the_primary_took_whole_starts_the_count_over(shop, primary, postmark_failover):
+    """Failures in a row, not in all: one failed chunk, then one that went out whole,
+    then one failed chunk is not two in a row."""
     _recipients(3)
     campaign = _start()
-    Campaign.objects.filter(pk=campaign.pk).update(consecutive_failed_chunks=1)
-    assert not providers.campaign_on_failover(campaign_id=campaign.pk, provider="primary")
-    assert not providers.campaign_failover_due(
-        campaign_id=campaign.pk, provider="primary", reason="503"
-    )
+    due = providers.campaign_failover_due
+    assert not due(campaign_id=campaign.pk, provider="primary", reason="503")
+    providers.campaign_primary_took_chunk(campaign_id=campaign.pk)
+    assert not due(campaign_id=campaign.pk, provider="primary", reason="503")
     assert Campaign.objects.get(pk=campaign.pk).provider == Campaign.Provider.PRIMARY
+    assert due(campaign_id=campaign.pk, provider="primary", reason="503")
 
 
 def test_the_primarys_hold_does_not_hold_the_failover(settings):
