@@ -235,8 +235,6 @@ def _run_campaign(
     the primary failing (500) once it has taken `fail_at` of the N recipients."""
     from django.db import connection
 
-    from campaigns import services
-    from campaigns.models import Campaign
     from config.celery import app
 
     with connection.cursor() as cursor:
@@ -248,6 +246,18 @@ def _run_campaign(
         _esp(esp_url, {"fail_after": int(n * fail_at), "status": 500})
         env = _failover_env(env, backup_url)
     workers = _start_workers(k, env)
+    try:
+        return _timed_campaign(mode, n, k, tag, esp_url, backup_url, workers)
+    except BaseException:
+        _stop(workers)  # no worker outlives a failed run, sending to a fake that is gone
+        raise
+
+
+def _timed_campaign(mode, n, k, tag, esp_url, backup_url, workers) -> dict:
+    from campaigns import services
+    from campaigns.models import Campaign
+    from config.celery import app
+
     # Let them connect and import everything before the clock starts (and before their
     # CPU counter is read: start-up is not per-message work). A fixed sleep was too
     # short on a loaded machine; wait until every worker answers a ping.
