@@ -36,6 +36,7 @@ from audience.models import (
     SignupForm,
 )
 from audience.tokens import contact_url
+from config.providers import send_failing_over
 
 # What a confirmation mail may use: a campaign's merge fields and its own few.
 CONFIRMATION_FIELDS = (
@@ -231,7 +232,9 @@ def confirmation_preview(*, form: SignupForm | None) -> tuple[str, str, str]:
 
 def send_confirmation_email(*, contact: Contact, brand: Brand | None = None) -> None:
     """Send the double opt-in mail. Pass the `brand` when sending many (read it once)."""
-    confirmation_message(contact=contact, brand=brand).send()
+    # Through the primary, or the failover provider when the primary fails for a
+    # passing reason (the same providers and connections as the campaigns').
+    send_failing_over([confirmation_message(contact=contact, brand=brand)], transient=is_transient)
 
 
 def is_transient(exc: BaseException) -> bool:

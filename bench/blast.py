@@ -12,7 +12,11 @@ What it does, all in one run:
 4. the floor, in the same run: K processes doing raw anymail sends of pre-rendered
    messages in the same mode (same backend, same fake provider, same batch size, one
    reused connection each, no database), timed over the sends alone;
-5. rates, the ratio to the floor, and each worker's peak RSS (VmHWM).
+5. rates, the ratio to the floor, and each worker's peak RSS (VmHWM);
+6. with --failover 0.3: the same campaign again with a failover provider configured (a
+   second fake Mailgun, another account: its own port, key and domain) and the primary
+   answering 500 to everything from 30% of the recipients on; its rate is printed next
+   to the plain run's, with who got what from which provider.
 
 The floor sends each process's share of the N recipients from a pool of pre-rendered
 payloads (real contacts' rendered values, real sizes) used round-robin, so memory stays
@@ -207,18 +211,53 @@ def _esp(url: str, command: dict | None = None) -> dict:
     return json.loads(urllib.request.urlopen(f"{url}/_stats", timeout=10).read())
 
 
-def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None, esp_url="") -> dict:
+def _recipients(url: str) -> dict:
+    import json
+    import urllib.request
+
+    return json.loads(urllib.request.urlopen(f"{url}/_recipients", timeout=60).read())
+
+
+def _failover_env(env: dict, backup_url: str) -> dict:
+    return {
+        **env,
+        "EMAIL_FAILOVER_PROVIDER": "mailgun",
+        "EMAIL_FAILOVER_API_KEY": "key-bench-failover",
+        "EMAIL_FAILOVER_API_URL": f"{backup_url}/v3",
+        "EMAIL_FAILOVER_DOMAIN": "mg2.shop.example",
+    }
+
+
+def _run_campaign(
+    mode: str, n: int, k: int, env: dict, tag=None, esp_url="", backup_url="", fail_at=0.0
+) -> dict:
+    """One campaign through K workers; with `backup_url`, a failover provider there and
+    the primary failing (500) once it has taken `fail_at` of the N recipients."""
     from django.db import connection
 
-    from campaigns import services
-    from campaigns.models import Campaign
     from config.celery import app
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE campaigns_delivery, campaigns_deliverychunk")
     app.control.purge()
     _esp(esp_url, {"reset": True})
+    if backup_url:
+        _esp(backup_url, {"reset": True})
+        _esp(esp_url, {"fail_after": int(n * fail_at), "status": 500})
+        env = _failover_env(env, backup_url)
     workers = _start_workers(k, env)
+    try:
+        return _timed_campaign(mode, n, k, tag, esp_url, backup_url, workers)
+    except BaseException:
+        _stop(workers)  # no worker outlives a failed run, sending to a fake that is gone
+        raise
+
+
+def _timed_campaign(mode, n, k, tag, esp_url, backup_url, workers) -> dict:
+    from campaigns import services
+    from campaigns.models import Campaign
+    from config.celery import app
+
     # Let them connect and import everything before the clock starts (and before their
     # CPU counter is read: start-up is not per-message work). A fixed sleep was too
     # short on a loaded machine; wait until every worker answers a ping.
@@ -248,7 +287,7 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None, esp_url="") ->
             f"{campaign.status_reason}"
         )
     stats = _esp(esp_url)
-    return {
+    result = {
         "elapsed": elapsed,
         "rate": n / elapsed,
         "cpu_us": cpu / n * 1e6,
@@ -258,6 +297,27 @@ def _run_campaign(mode: str, n: int, k: int, env: dict, tag=None, esp_url="") ->
         "rss": rss,
         "snapshot": snapshot,
     }
+    if backup_url:
+        backup = _esp(backup_url)
+        first, second = _recipients(esp_url), _recipients(backup_url)
+        _esp(esp_url, {"reset": True})  # the primary is back for the next run
+        everyone = {**first}
+        for email, count in second.items():
+            everyone[email] = everyone.get(email, 0) + count
+        result.update(
+            duplicates=sum(everyone.values()) - len(everyone),
+            missed=n - len(everyone),
+            counted=campaign.duplicate_count,
+            by_primary=stats["recipients"],
+            by_failover=backup["recipients"],
+            switched=campaign.provider == "secondary",
+            switched_after=(
+                campaign.provider_switched_at.timestamp() - t0
+                if campaign.provider_switched_at
+                else None
+            ),
+        )
+    return result
 
 
 # --- the floor: raw anymail, no database ------------------------------------------------
@@ -414,6 +474,20 @@ def _print(mode: str, n: int, blast: dict, floor: dict, label: str) -> None:
     )
 
 
+def _print_failover(mode: str, n: int, run: dict, plain: dict, fail_at: float) -> None:
+    after = run["switched_after"]
+    print(
+        f"{mode:>11} failover (primary fails at {fail_at:.0%}): N={n:,}  blast "
+        f"{run['elapsed']:.1f} s = {run['rate']:,.0f}/s, next to plain {plain['rate']:,.0f}/s "
+        f"(ratio {run['rate'] / plain['rate']:.2f})  |  switched "
+        f"{f'{after:.1f} s in' if after is not None else 'never'}  |  primary took "
+        f"{run['by_primary']:,}, failover {run['by_failover']:,}  |  received twice "
+        f"{run['duplicates']}, counted as possible duplicates {run['counted']}, missed "
+        f"{run['missed']}",
+        flush=True,
+    )
+
+
 def _latencies(text: str) -> list[tuple[float, float]]:
     """ "0:0,50:15,150:50" -> [(0, 0), (50, 15), (150, 50)] (milliseconds, ± jitter)."""
     out = []
@@ -452,6 +526,13 @@ def main() -> None:
     )
     parser.add_argument("--max-in-flight", type=int, default=0, help="the fake's 429 cap (0: none)")
     parser.add_argument("--repeat", type=int, default=1, help="blast/floor pairs per mode")
+    parser.add_argument(
+        "--failover",
+        type=float,
+        default=0.0,
+        help="also run each mode with a failover provider and the primary failing from "
+        "this share of the recipients on (0.3: at 30%%; 0: no failover run)",
+    )
     parser.add_argument("--modes", default="per_message,batch")
     parser.add_argument("--chunk-size", type=int, help="default: CAMPAIGN_CHUNK_SIZE's default")
     parser.add_argument("--batch-size", type=int, help="default: CAMPAIGN_BATCH_SIZE's default")
@@ -476,6 +557,19 @@ def main() -> None:
         text=True,
     )
     esp.stdout.readline()
+    backup_url, backup = "", None
+    if args.failover:
+        backup_port = _free_port()
+        backup_url = f"http://127.0.0.1:{backup_port}"
+        backup = subprocess.Popen(
+            [
+                *(sys.executable, str(ROOT / "bench" / "fake_esp.py"), "--port", str(backup_port)),
+                *("--record", "recipients", "--max-in-flight", str(args.max_in_flight)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        backup.stdout.readline()
     _ensure_database(args.database)
 
     import django
@@ -514,9 +608,12 @@ def main() -> None:
     )
 
     results: dict = {}
+    failovers: dict = {}
     try:
         for latency, jitter in _latencies(args.latencies):
             _esp(esp_url, {"latency_ms": latency, "jitter_ms": jitter})
+            if backup_url:
+                _esp(backup_url, {"latency_ms": latency, "jitter_ms": jitter})
             print(f"--- provider latency {latency:g} ± {jitter:g} ms", flush=True)
             for mode in args.modes.split(","):
                 n = (
@@ -540,6 +637,12 @@ def main() -> None:
                 if args.repeat > 1:
                     _print(mode, n, best_blast, best_floor, "best of each")
                 results[(latency, mode)] = (best_blast, best_floor, blasts)
+                if args.failover:
+                    run = _run_campaign(
+                        mode, n, args.workers, env, tag, esp_url, backup_url, args.failover
+                    )
+                    failovers[(latency, mode)] = run
+                    _print_failover(mode, n, run, best_blast, args.failover)
             if args.peer_contacts and "per_message" in args.modes:
                 from bench import postoffice_peer
 
@@ -561,15 +664,27 @@ def main() -> None:
                     )
         print(f"load at end: {os.getloadavg()[0]:.2f}")
     finally:
-        esp.terminate()
-        esp.wait()
-    _targets(results, args)
+        for server in (esp, backup):
+            if server is not None:
+                server.terminate()
+                server.wait()
+    _targets(results, args, failovers)
 
 
-def _targets(results: dict, args) -> None:
+def _targets(results: dict, args, failovers: dict) -> None:
     """The issue's targets, each line ok or MISS; exit 2 if any is missed."""
     failures: list = []
     print("targets:")
+    for (latency, mode), run in sorted(failovers.items()):
+        where = f"{mode} failover at {latency:g} ms"
+        _check(failures, run["switched"], f"{where}: the campaign switched to the failover")
+        _check(failures, run["missed"] == 0, f"{where}: 0 missed")
+        _check(
+            failures,
+            run["duplicates"] <= run["counted"] <= 2 * args.chunk_size,
+            f"{where}: {run['duplicates']} received twice ≤ {run['counted']} counted ≤ "
+            "the chunks in flight",
+        )
     for (latency, mode), value in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if mode.startswith("post_office"):
             continue

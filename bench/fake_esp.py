@@ -20,13 +20,21 @@ Control (JSON over HTTP, or call the methods on `server.state` in-process):
                                                      150 ± 50 ms (uniform), like a real API
     POST /_control {"max_in_flight": 40}             past 40 sends in flight, answer 429
                                                      with Retry-After: 1, as providers do
+    POST /_control {"fail_after": 1500, "status": 500}   a provider dying mid-blast:
+                                                     once 1500 recipients were accepted,
+                                                     every send answers 500 until reset
+                   {"fail_after": 1500, "timeout": 3}   … every send stalls 3 s, then 504
+    POST /_control {"fail_at": 1767225600.0, "status": 503}   the same from that moment
+                                                     (time.time()) on
     POST /_control {"reset": true}                   forget failures and recordings (the
                                                      latency and the cap stay)
     GET  /_stats                                     {"requests": …, "recipients": …}
     GET  /_messages                                  every recipient's message, expanded
+    GET  /_recipients                                {recipient: messages received}
 
 Run alone: `python bench/fake_esp.py --port 8025 --record recipients --latency-ms 150
---jitter-ms 50 --max-in-flight 80`.
+--jitter-ms 50 --max-in-flight 80`. Two of them on two ports are a primary and a failover
+provider (tests/campaigns/test_failover.py, bench/blast.py --failover): each fails alone.
 """
 
 from __future__ import annotations
@@ -86,6 +94,11 @@ class State:
             self.fail_message = ""
             self.deliver_late_next = 0
             self.deliver_late_seconds = 0.0
+            # The provider dies: after this many recipients accepted, or from this time.
+            self.fail_after: int | None = None
+            self.fail_at: float | None = None
+            self.dying_status = 503
+            self.dying_timeout = 0.0
             # (time.time() it arrived, status answered) for every send request.
             self.log: list[tuple[float, int]] = []
             self.over_capacity = 0  # 429s answered for too many sends in flight
@@ -107,6 +120,13 @@ class State:
             if "deliver_late_next" in command:
                 self.deliver_late_next = int(command["deliver_late_next"])
                 self.deliver_late_seconds = float(command.get("seconds", 5))
+            if "fail_after" in command or "fail_at" in command:
+                after, at = command.get("fail_after"), command.get("fail_at")
+                self.fail_after = None if after is None else int(after)
+                self.fail_at = None if at is None else float(at)
+                self.dying_status = int(command.get("status", 503))
+                self.dying_timeout = float(command.get("timeout", 0))
+                self.fail_message = str(command.get("message", ""))
             if "timeout_next" in command:
                 self.timeout_next = int(command["timeout_next"])
                 self.timeout_seconds = float(command.get("seconds", 5))
@@ -141,6 +161,11 @@ class State:
     def take_fault(self) -> tuple[int, float]:
         """(status to fail with or 0, seconds to stall) for the request now arriving."""
         with self.lock:
+            if self._dead():
+                self.failures_served += 1
+                if self.dying_timeout:
+                    return 0, self.dying_timeout  # stalls, then 504
+                return self.dying_status, 0.0
             stall = 0.0
             if self.timeout_next > 0:
                 self.timeout_next -= 1
@@ -153,6 +178,12 @@ class State:
                 self.failures_served += 1
                 return self.fail_status, stall
             return 0, stall
+
+    def _dead(self) -> bool:
+        """Has the provider died (fail_after / fail_at)? Called with the lock held."""
+        if self.fail_after is not None and self.recipient_total >= self.fail_after:
+            return True
+        return self.fail_at is not None and time.time() >= self.fail_at
 
     def take_late_delivery(self) -> float:
         """Seconds to stall after delivering the request now arriving (0: answer at once)."""
@@ -223,6 +254,12 @@ def _expand_mailgun(fields: dict) -> list[dict]:
                 "text": sub(fields.get("text", [""])[0]),
                 "html": sub(fields.get("html", [""])[0]),
                 "headers": headers,
+                # Anymail's metadata (`v:` fields), which Mailgun echoes in its webhooks.
+                "metadata": {
+                    key[2:]: sub(values[0])
+                    for key, values in fields.items()
+                    if key.startswith("v:")
+                },
                 "message_id": fields["_message_id"],
             }
         )
@@ -266,6 +303,10 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, self.state.stats())
         elif self.path == "/_messages":
             self._reply(200, self.state.messages())
+        elif self.path == "/_recipients":
+            with self.state.lock:
+                counts = dict(self.state.recipients)
+            self._reply(200, counts)
         else:
             self._reply(404, {"message": "not found"})
 
@@ -353,6 +394,7 @@ class Handler(BaseHTTPRequestHandler):
                     "text": message.get("TextBody", ""),
                     "html": message.get("HtmlBody", ""),
                     "headers": headers,
+                    "metadata": message.get("Metadata", {}),
                     "message_id": message_id,
                 },
                 [to],

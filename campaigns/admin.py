@@ -322,6 +322,9 @@ class CampaignAdmin(admin.ModelAdmin):
                 context.update(
                     show_save=False, show_save_and_continue=False, show_save_and_add_another=False
                 )
+            from campaigns.providers import campaign_provider_shown
+
+            context["provider_shown"] = campaign_provider_shown(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):

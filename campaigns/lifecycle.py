@@ -495,3 +495,37 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
             reason=f"Every delivery is final: {sent:,} sent, {failed:,} failed, of {total:,}.",
             now=timezone.now(),
         )
+
+
+def campaign_provider_switch(*, campaign_id: int, reason: str, switched_from, switched_to) -> bool:
+    """Move a campaign to the failover provider, once, with its event: the UPDATE only
+    matches while it is on the primary, so of racing workers one switches (and records
+    it) and the others see it done. The status does not change; the failure count
+    starts over, for the secondary (chunk_failed's pause). True if this call switched.
+    `switched_from` / `switched_to`: the config.providers.Provider objects."""
+    now = timezone.now()
+    with transaction.atomic():
+        switched = Campaign.objects.filter(
+            pk=campaign_id, provider=Campaign.Provider.PRIMARY
+        ).update(
+            provider=Campaign.Provider.SECONDARY,
+            provider_switched_at=now,
+            provider_switch_reason=reason[:2000],
+            consecutive_failed_chunks=0,
+            failing_since=None,
+            updated_at=now,
+        )
+        if switched:
+            status = (
+                Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
+            ) or ""
+            campaign_event_record(
+                campaign_id=campaign_id,
+                actor="",
+                kind=CampaignEvent.Kind.PROVIDER_SWITCH,
+                from_status=status,
+                to_status=status,
+                reason=reason,
+                detail={"from": switched_from.label, "to": switched_to.label},
+            )
+    return bool(switched)

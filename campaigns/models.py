@@ -122,6 +122,20 @@ class Campaign(models.Model):
         default=0, help_text="Automatic resumes since a message last got through."
     )
     provider_pause_count = models.PositiveIntegerField(default=0)
+
+    class Provider(models.TextChoices):
+        PRIMARY = "primary", "Primary provider"
+        SECONDARY = "secondary", "Failover provider"
+
+    # Which provider the chunks go out through: the primary, until it has failed
+    # EMAIL_FAILOVER_AFTER_CHUNKS chunks in a row and a failover is configured
+    # (campaigns.providers switches it, once, and says when and why).
+    provider = models.CharField(max_length=9, choices=Provider.choices, default=Provider.PRIMARY)
+    # Chunks in a row the primary turned away (a chunk it took whole starts the count
+    # over; one that got part through before failing still counts as failed).
+    provider_failed_chunks = models.PositiveIntegerField(default=0)
+    provider_switched_at = models.DateTimeField(null=True, blank=True)
+    provider_switch_reason = models.TextField(blank=True)
     created_by = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -176,6 +190,11 @@ CAMPAIGN_STATE_FIELDS = frozenset(
         "sent_count",
         "failed_count",
         "duplicate_count",
+        # The failover's: moved by the workers (campaigns.providers, lifecycle).
+        "provider",
+        "provider_failed_chunks",
+        "provider_switched_at",
+        "provider_switch_reason",
     }
 )
 

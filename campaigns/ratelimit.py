@@ -10,7 +10,9 @@ an exclusive file lock, which covers every process on the one machine.
 A provider that says "slow down" (429, Retry-After, a burst of 5xx) is answered with a
 hold: no worker sends anything until it has passed, and the reservations made meanwhile
 queue up behind it. That slows the whole campaign at once, where each worker backing
-off alone would let the others keep hammering the provider.
+off alone would let the others keep hammering the provider. The hold is per provider
+(`provider`: "primary" or "secondary", config.providers): a campaign that has switched to
+the failover provider sends through it at once, not after the failed primary's hold.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ HOUR_BURST = 60.0
 # nothing else asks Redis before a send): a hold set elsewhere is seen this late at most.
 HOLD_CHECK_SECONDS = 0.25
 HOLD_KEY = "stillhere:rate:hold"
+PRIMARY = "primary"
+
+
+def _hold_key(provider: str) -> str:
+    # The primary's key is the one there always was: a rolling upgrade keeps its hold.
+    return HOLD_KEY if provider == PRIMARY else f"{HOLD_KEY}:{provider}"
+
+
+def _hold_field(provider: str) -> str:
+    return "hold" if provider == PRIMARY else f"hold:{provider}"
+
 
 # KEYS[1] is the hold (a time before which nothing may go), the others the limits.
 _LUA = """
@@ -65,8 +78,12 @@ end
 return tostring(current)
 """
 
-# What this process last knew of the hold: (hold until, when it looked).
-_seen_hold = {"until": 0.0, "checked": float("-inf")}
+# What this process last knew of each provider's hold: (hold until, when it looked).
+_seen_holds: dict[str, dict] = {}
+
+
+def _seen(provider: str) -> dict:
+    return _seen_holds.setdefault(provider, {"until": 0.0, "checked": float("-inf")})
 
 
 def _limits(per_second: int, per_hour: int) -> list[tuple[str, float, float]]:
@@ -90,8 +107,8 @@ def _redis_script(url: str, source: str = _LUA):
     return _redis_client(url).register_script(source)
 
 
-def _reserve_redis(limits, n: int, now: float) -> float:
-    keys = [HOLD_KEY] + [f"stillhere:rate:{name}" for name, _, _ in limits]
+def _reserve_redis(limits, n: int, now: float, provider: str) -> float:
+    keys = [_hold_key(provider)] + [f"stillhere:rate:{name}" for name, _, _ in limits]
     args = [now, n]
     for _, interval, burst in limits:
         args += [interval, burst]
@@ -121,9 +138,9 @@ def _locked_file_state():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _reserve_file(limits, n: int, now: float) -> float:
+def _reserve_file(limits, n: int, now: float, provider: str) -> float:
     with _locked_file_state() as state:
-        start = max(float(state.get("hold", 0.0)), now)
+        start = max(float(state.get(_hold_field(provider), 0.0)), now)
         wait = start - now
         for name, interval, burst in limits:
             tat = max(float(state.get(name, 0.0)), start)
@@ -142,62 +159,66 @@ def _file_state() -> dict:
         return {}
 
 
-def _hold_wait(now: float) -> float:
+def _hold_wait(now: float, provider: str) -> float:
     """Seconds left of the hold, from a reading at most HOLD_CHECK_SECONDS old."""
-    if now - _seen_hold["checked"] >= HOLD_CHECK_SECONDS:
+    seen = _seen(provider)
+    if now - seen["checked"] >= HOLD_CHECK_SECONDS:
         if getattr(settings, "REDIS_URL", ""):
-            until = float(_redis_client(settings.REDIS_URL).get(HOLD_KEY) or 0.0)
+            until = float(_redis_client(settings.REDIS_URL).get(_hold_key(provider)) or 0.0)
         else:
-            until = float(_file_state().get("hold", 0.0))
-        _seen_hold.update(until=until, checked=now)
-    return max(0.0, _seen_hold["until"] - now)
+            until = float(_file_state().get(_hold_field(provider), 0.0))
+        seen.update(until=until, checked=now)
+    return max(0.0, seen["until"] - now)
 
 
-def reserve(n: int, *, per_second: int, per_hour: int) -> float:
+def reserve(n: int, *, per_second: int, per_hour: int, provider: str = PRIMARY) -> float:
     """Reserve `n` sends; return the seconds to wait before sending them."""
     if n <= 0:
         return 0.0
     limits = _limits(per_second, per_hour)
     now = time.time()
     if not limits:
-        return _hold_wait(now)
+        return _hold_wait(now, provider)
     if getattr(settings, "REDIS_URL", ""):
-        return _reserve_redis(limits, n, now)
-    return _reserve_file(limits, n, now)
+        return _reserve_redis(limits, n, now, provider)
+    return _reserve_file(limits, n, now, provider)
 
 
-def throttle(n: int, *, per_second: int, per_hour: int) -> float:
-    """Block until `n` more messages may be sent; return the seconds waited."""
-    wait = reserve(n, per_second=per_second, per_hour=per_hour)
+def throttle(n: int, *, per_second: int, per_hour: int, provider: str = PRIMARY) -> float:
+    """Block until `n` more messages may be sent through `provider`; return the seconds
+    waited. The rate limits are the shop's, shared by both providers; the hold is the
+    provider's own."""
+    wait = reserve(n, per_second=per_second, per_hour=per_hour, provider=provider)
     if wait > 0:
         time.sleep(wait)
     return max(wait, 0.0)
 
 
-def hold(seconds: float) -> float:
-    """Let no worker send anything for `seconds` from now (a later hold already set
-    stands). Returns the time (as time.time()) until which sending is held."""
+def hold(seconds: float, *, provider: str = PRIMARY) -> float:
+    """Let no worker send anything through `provider` for `seconds` from now (a later
+    hold already set stands). Returns the time (as time.time()) until which it is held."""
     now = time.time()
     seconds = max(seconds, 0.0)
     until = now + seconds
     if getattr(settings, "REDIS_URL", ""):
         script = _redis_script(settings.REDIS_URL, _HOLD_LUA)
-        until = float(script(keys=[HOLD_KEY], args=[until, seconds]))
+        until = float(script(keys=[_hold_key(provider)], args=[until, seconds]))
     else:
         with _locked_file_state() as state:
-            until = max(float(state.get("hold", 0.0)), until)
-            state["hold"] = until
+            field = _hold_field(provider)
+            until = max(float(state.get(field, 0.0)), until)
+            state[field] = until
     # This process sees its own hold at once.
-    _seen_hold.update(until=until, checked=now)
+    _seen(provider).update(until=until, checked=now)
     return until
 
 
 def reset() -> None:
     """Forget all reservations and any hold (tests, or after changing the limits)."""
-    _seen_hold.update(until=0.0, checked=float("-inf"))
+    _seen_holds.clear()
     if getattr(settings, "REDIS_URL", ""):
         _redis_client(settings.REDIS_URL).delete(
-            "stillhere:rate:second", "stillhere:rate:hour", HOLD_KEY
+            "stillhere:rate:second", "stillhere:rate:hour", HOLD_KEY, _hold_key("secondary")
         )
     else:
         (settings.VAR_DIR / "send-rate.json").unlink(missing_ok=True)

@@ -47,7 +47,7 @@ import requests
 from anymail.exceptions import AnymailError
 from anymail.message import AnymailMessage
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMultiAlternatives
 from django.db import OperationalError, transaction
 from django.db import connection as db_connection
 from django.db.models import Case, DateTimeField, F, Value, When
@@ -56,7 +56,7 @@ from django.utils import timezone
 
 from audience.emails import is_refusal, is_setup_problem, is_too_many, is_transient
 from audience.models import Contact
-from campaigns import ratelimit, tallies
+from campaigns import providers, ratelimit, tallies
 
 # Status changes are the lifecycle's (each with its CampaignEvent); the sender asks.
 from campaigns.lifecycle import campaign_finish_if_done, campaign_pause_by_provider
@@ -98,6 +98,8 @@ class TransientSendError(Exception):
         super().__init__(reason)
         self.retry_after = retry_after
         self.progressed = progressed
+        # Which provider turned it away ("primary" or "secondary"): chunk_send says.
+        self.provider = providers.PRIMARY
 
 
 # --- provider capabilities ----------------------------------------------------------
@@ -364,10 +366,14 @@ class _Slots:
 
     Only the sending happens in the slots: rendering, the rate limit, the checks and
     every database write stay on the chunk's own thread, which hands a slot each
-    message and reads back its outcome. One slot sends inline, with no thread at all."""
+    message and reads back its outcome. One slot sends inline, with no thread at all.
 
-    def __init__(self, size: int):
+    `provider` (config.providers): the one every slot connects to, the campaign's
+    current one; without it, the default backend as configured."""
+
+    def __init__(self, size: int, provider: providers.Provider | None = None):
         self.size = max(1, size)
+        self.provider = provider or providers.primary()
         self._local = threading.local()
         self._opened: list = []
         self._lock = threading.Lock()
@@ -380,7 +386,7 @@ class _Slots:
     def _send(self, message):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = get_connection(fail_silently=False)
+            conn = providers.connection_for(self.provider)
             with self._lock:
                 self._opened.append(conn)
             try:
@@ -520,7 +526,10 @@ def _fly(units, slots: _Slots, guard, sender, result: ChunkResult, build, settle
                 result.stopped = True
                 break
             waited = ratelimit.throttle(
-                len(unit.rows), per_second=sender.rate_per_second, per_hour=sender.rate_per_hour
+                len(unit.rows),
+                per_second=sender.rate_per_second,
+                per_hour=sender.rate_per_hour,
+                provider=slots.provider.role,  # a failed primary's hold is not the failover's
             )
             if waited >= 1 and not guard.ok():  # a long hold: look again before sending
                 result.stopped = True
@@ -546,14 +555,15 @@ class _Plan:
     """How one campaign's chunk becomes provider calls: a message per row, or batches
     with per-recipient merge data (when the mode and the provider allow it)."""
 
-    def __init__(self, campaign, skeleton: Skeleton, sender):
+    def __init__(self, campaign, skeleton: Skeleton, sender, provider=None):
         self.campaign_id = campaign.pk
         self.skeleton = skeleton
         self.sender = sender
+        # A batch campaign that switched to a failover without batch support goes on
+        # message by message.
+        backend = provider.backend if provider is not None else settings.EMAIL_BACKEND
         self.placeholder = (
-            _placeholder_style(settings.EMAIL_BACKEND)
-            if campaign.send_mode == Campaign.SendMode.BATCH
-            else None
+            _placeholder_style(backend) if campaign.send_mode == Campaign.SendMode.BATCH else None
         )
         if self.placeholder is None:
             return
@@ -840,16 +850,23 @@ def chunk_send(*, campaign_id: int, chunk: int) -> ChunkResult:
         return ChunkResult()
     # Before the claim: a campaign that will not render leaves no chunk held.
     sender = SenderSettings.load()
-    plan = _Plan(campaign, compile_campaign(campaign, sender), sender)
+    # The primary, or the failover once the campaign has switched (campaigns.providers).
+    provider = providers.campaign_provider(campaign)
+    plan = _Plan(campaign, compile_campaign(campaign, sender), sender, provider)
     held = _take(campaign_id, chunk)
     if held is None:
         campaign_finish_if_done(campaign_id=campaign_id)
         return ChunkResult()
-    slots = _Slots(slot_count(settings.EMAIL_BACKEND))
+    slots = _Slots(slot_count(provider.backend), provider)
     try:
         _send_held(campaign_id, held, plan, slots)
+    except TransientSendError as exc:
+        exc.provider = provider.role  # the task decides on failing over by it
+        raise
     finally:
         slots.close()
+    if provider.role == providers.PRIMARY:
+        providers.campaign_primary_took_chunk(campaign_id=campaign_id)
     return held.result
 
 
@@ -947,7 +964,12 @@ class ChunkFailure:
 
 
 def chunk_failed(
-    *, campaign_id: int, reason: str, retry_after: float | None = None, exhausted: bool = False
+    *,
+    campaign_id: int,
+    reason: str,
+    retry_after: float | None = None,
+    exhausted: bool = False,
+    provider: str = providers.PRIMARY,
 ) -> ChunkFailure:
     """Count a chunk the provider turned away and hold every worker off (Retry-After, or
     a backoff growing with the failures); pause the campaign only once the provider has
@@ -969,7 +991,8 @@ def chunk_failed(
     wait = retry_after if retry_after is not None else backoff_seconds(failures - 1)
     # Longer than a quarter of the claim timeout, a chunk in flight sleeping through the
     # hold would look dead to the sweeper; the failed chunk's own retry waits it all.
-    ratelimit.hold(min(wait, settings.CAMPAIGN_CLAIM_TIMEOUT / 4))
+    # The hold is the failing provider's (`provider`): the failover, if any, is not held.
+    ratelimit.hold(min(wait, settings.CAMPAIGN_CLAIM_TIMEOUT / 4), provider=provider)
     failing_for = (now - since).total_seconds() if since else 0.0
     if exhausted:
         why = f"a chunk failed {settings.CAMPAIGN_MAX_RETRIES + 1} times in a row"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from campaigns import lifecycle, sending
+from campaigns import lifecycle, providers, sending
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -14,6 +14,13 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
     try:
         result = sending.chunk_send(campaign_id=campaign_id, chunk=chunk)
     except sending.TransientSendError as exc:
+        if providers.campaign_failover_due(
+            campaign_id=campaign_id, provider=exc.provider, reason=str(exc)
+        ):
+            # The campaign goes through the failover provider now: this chunk goes again
+            # at once, not after the failed primary's backoff (its hold is its own).
+            send_chunk.apply_async((campaign_id, chunk))
+            return {"failover": True, "reason": str(exc)}
         # A chunk that got some mail through before the trouble is not running out of
         # retries: at 30% errors a 500-message chunk would, one message per try.
         exhausted = not exc.progressed and self.request.retries >= settings.CAMPAIGN_MAX_RETRIES
@@ -22,6 +29,7 @@ def send_chunk(self, campaign_id: int, chunk: int) -> dict:
             reason=str(exc),
             retry_after=exc.retry_after,
             exhausted=exhausted,
+            provider=exc.provider,
         )
         if failure.paused or exhausted:
             # The rows are back in the queue; resume dispatches them again.

@@ -343,13 +343,141 @@ if EMAIL_PROVIDER == "amazon_ses":
     }
 elif EMAIL_BACKEND.startswith("anymail"):
     ANYMAIL["REQUESTS_TIMEOUT"] = EMAIL_TIMEOUT
+
+
+# --- Failover provider -----------------------------------------------------------
+# A second provider, with credentials of its own, that a campaign's remaining chunks go
+# out through once the primary has turned EMAIL_FAILOVER_AFTER_CHUNKS chunks in a row
+# away (transient errors, timeouts); confirmation mail falls over to it message by
+# message. config.providers reads these; unset, sending is exactly as without failover.
+# Its credentials are passed to its backend as keyword arguments (anymail reads a
+# backend's kwargs before settings.ANYMAIL), so two accounts of one provider work too.
+_FAILOVER = "EMAIL_FAILOVER_"
+EMAIL_FAILOVER_PROVIDER = env_choice(
+    "EMAIL_FAILOVER_PROVIDER",
+    ["", *(name for name in _PROVIDERS if name not in {"outbox", "console"})],
+    "",
+)
+EMAIL_FAILOVER_AFTER_CHUNKS = env_int("EMAIL_FAILOVER_AFTER_CHUNKS", 2, minimum=1)
+
+
+def _failover_options(provider: str) -> dict:
+    """The failover backend's keyword arguments, from the EMAIL_FAILOVER_* variables
+    that mirror the primary's (EMAIL_API_KEY -> EMAIL_FAILOVER_API_KEY, ...)."""
+    if provider == "smtp":
+        host = env_str(_FAILOVER + "HOST")
+        if not host:
+            raise ImproperlyConfigured(
+                "EMAIL_FAILOVER_PROVIDER=smtp needs EMAIL_FAILOVER_HOST (and "
+                "EMAIL_FAILOVER_PORT, _USER, _PASSWORD as the relay asks)"
+            )
+        port = env_int(_FAILOVER + "PORT", 587, minimum=1)
+        options = {
+            "host": host,
+            "port": port,
+            "username": env_str(_FAILOVER + "USER"),
+            "password": env_str(_FAILOVER + "PASSWORD"),
+            "use_tls": env_bool(_FAILOVER + "USE_TLS", port == 587),
+            "use_ssl": env_bool(_FAILOVER + "USE_SSL", port == 465),
+            "timeout": EMAIL_TIMEOUT,
+        }
+        if options["use_tls"] and options["use_ssl"]:
+            raise ImproperlyConfigured(
+                "Set only one of EMAIL_FAILOVER_USE_TLS and EMAIL_FAILOVER_USE_SSL"
+            )
+        return options
+    if provider == "amazon_ses":
+        # Without keys of its own, boto3 finds credentials itself (AWS_* variables, an
+        # instance role); its own retries are off for the reason given above.
+        session = {
+            name: env_str(_FAILOVER + variable)
+            for name, variable in (
+                ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+                ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                ("region_name", "AWS_REGION"),
+            )
+            if env_str(_FAILOVER + variable)
+        }
+        client = {
+            "config": {
+                "connect_timeout": EMAIL_TIMEOUT,
+                "read_timeout": EMAIL_TIMEOUT,
+                "retries": {"total_max_attempts": 1},
+            }
+        }
+        return {"session_params": session, "client_params": client}
+    key = env_str(_FAILOVER + "API_KEY")
+    if not key:
+        raise ImproperlyConfigured(
+            f"EMAIL_FAILOVER_PROVIDER={provider} needs EMAIL_FAILOVER_API_KEY"
+        )
+    options: dict = {"requests_timeout": EMAIL_TIMEOUT}
+    if provider == "postmark":
+        options["server_token"] = key
+    else:
+        options["api_key"] = key
+    if provider == "mailjet":
+        options["secret_key"] = env_str(_FAILOVER + "API_SECRET")
+        if not options["secret_key"]:
+            raise ImproperlyConfigured(
+                "EMAIL_FAILOVER_PROVIDER=mailjet needs EMAIL_FAILOVER_API_SECRET as well"
+            )
+    if provider == "mailgun":
+        # Never the primary's MAILGUN_SENDER_DOMAIN: another account has its own domains.
+        options["sender_domain"] = env_str(_FAILOVER + "DOMAIN") or None
+    url = env_str(_FAILOVER + "API_URL")
+    if url:
+        options["api_url"] = parse_site_url("EMAIL_FAILOVER_API_URL", url) + "/"
+    return options
+
+
+def _same_account(provider: str, options: dict) -> bool:
+    """Would the failover reach the very account (or relay) the primary does? Then it
+    fails when the primary fails, and is no failover at all."""
+    if provider != EMAIL_PROVIDER:
+        return False
+    if provider == "smtp":
+        return (options["host"], options["port"], options["username"]) == (
+            EMAIL_HOST,
+            EMAIL_PORT,
+            EMAIL_HOST_USER,
+        )
+    if provider == "amazon_ses":
+        session = options["session_params"]
+        return (session.get("aws_access_key_id"), session.get("region_name")) == (
+            env_str("AWS_ACCESS_KEY_ID") or None,
+            env_str("AWS_REGION") or env_str("AWS_DEFAULT_REGION") or None,
+        )
+    key = options.get("server_token") or options.get("api_key")
+    same_url = options.get("api_url", "") == ANYMAIL.get(f"{provider.upper()}_API_URL", "")
+    return key == env_str("EMAIL_API_KEY") and same_url
+
+
+if EMAIL_FAILOVER_PROVIDER:
+    if EMAIL_PROVIDER in {"outbox", "console"}:
+        raise ImproperlyConfigured(
+            f"EMAIL_FAILOVER_PROVIDER is set but EMAIL_PROVIDER={EMAIL_PROVIDER} keeps mail "
+            "here instead of sending it: set EMAIL_PROVIDER to your main provider first"
+        )
+    EMAIL_FAILOVER_BACKEND = _PROVIDERS[EMAIL_FAILOVER_PROVIDER]
+    EMAIL_FAILOVER_OPTIONS = _failover_options(EMAIL_FAILOVER_PROVIDER)
+    if _same_account(EMAIL_FAILOVER_PROVIDER, EMAIL_FAILOVER_OPTIONS):
+        raise ImproperlyConfigured(
+            f"EMAIL_FAILOVER_PROVIDER={EMAIL_FAILOVER_PROVIDER} with the same credentials "
+            f"as EMAIL_PROVIDER={EMAIL_PROVIDER} is the same account, which fails when the "
+            "primary fails: give it its own EMAIL_FAILOVER_* credentials, or another provider"
+        )
+else:
+    EMAIL_FAILOVER_BACKEND = ""
+    EMAIL_FAILOVER_OPTIONS = {}
+
 # Provider webhooks (bounces, complaints, opens) at /anymail/<provider>/tracking/, only
-# for the providers we send through (config.webhooks; add a failover provider to
-# tracking_providers once there is one): basic-auth credentials "user:password" you put
-# in the webhook URL at the provider, and Mailgun's own signing key, which it checks
-# instead. A mounted endpoint without them accepts forged bounces and complaints from
-# anyone, so production refuses to start (config/checks.py warns under DEBUG).
-WEBHOOK_PROVIDERS = tracking_providers(EMAIL_PROVIDER)
+# for the providers we send through, the failover's too (config.webhooks): basic-auth
+# credentials "user:password" you put in the webhook URL at the provider, and Mailgun's
+# own signing key, which it checks instead. A mounted endpoint without them accepts
+# forged bounces and complaints from anyone, so production refuses to start
+# (config/checks.py warns under DEBUG).
+WEBHOOK_PROVIDERS = tracking_providers(EMAIL_PROVIDER, EMAIL_FAILOVER_PROVIDER)
 if env_str("ANYMAIL_WEBHOOK_SECRET"):
     if ":" not in env_str("ANYMAIL_WEBHOOK_SECRET"):
         raise ImproperlyConfigured("ANYMAIL_WEBHOOK_SECRET must be <user>:<password>")

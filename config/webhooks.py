@@ -32,7 +32,10 @@ class Tracking:
 
 _BASIC_AUTH = ("ANYMAIL_WEBHOOK_SECRET", "WEBHOOK_SECRET")
 
-# EMAIL_PROVIDER -> its tracking endpoint. Mailgun signs every post (HMAC with the
+# EMAIL_PROVIDER (or EMAIL_FAILOVER_PROVIDER) -> its tracking endpoint. Both providers'
+# endpoints are mounted when a failover is set, and their events land on the same
+# Delivery rows (campaigns.feedback finds them by metadata and recipient, which every
+# message carries whichever provider sent it). Mailgun signs every post (HMAC with the
 # webhook signing key, which anymail would otherwise take from the API key); every other
 # one here is checked by basic auth only: anymail 15 does not verify SES's SNS signatures,
 # and SendGrid's and Resend's own signatures need keys (and, for Resend, svix) we don't use.
@@ -113,8 +116,8 @@ def credentials_message(provider: str, variable: str) -> str:
     return (
         f"{variable} is not set, and the {provider} tracking webhook "
         f"(/anymail/{TRACKING[provider].paths[0]}) is mounted because EMAIL_PROVIDER "
-        f"sends through {provider}: without it anyone can post forged bounces and "
-        f"complaints that suppress contacts for good."
+        f"or EMAIL_FAILOVER_PROVIDER sends through {provider}: without it anyone can post "
+        f"forged bounces and complaints that suppress contacts for good."
     )
 
 
