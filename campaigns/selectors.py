@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from audience.models import Contact
-from campaigns.models import Campaign, SenderSettings
+from campaigns.models import Campaign, Delivery, SenderSettings
 
 
 def campaign_recipients(campaign: Campaign) -> QuerySet[Contact]:
@@ -62,3 +62,67 @@ def campaign_progress(campaign: Campaign) -> dict:
 
 def sender_settings() -> SenderSettings:
     return SenderSettings.load()
+
+
+# The dashboard's "last campaigns": how many, and up to how many recipients a campaign may
+# have for its open and click counts to be read from its Delivery rows per page view
+# (through delivery_once, a few milliseconds at this size). Bigger campaigns show them
+# once campaigns.reports keeps them as events arrive.
+DASHBOARD_CAMPAIGNS = 5
+DASHBOARD_DELIVERY_SCAN_LIMIT = 20_000
+
+
+def campaigns_recent(*, limit: int = DASHBOARD_CAMPAIGNS) -> list[Campaign]:
+    """The campaigns that started most recently (drafts and scheduled ones have no rates)."""
+    return list(
+        Campaign.objects.filter(started_at__isnull=False).order_by("-started_at", "-pk")[:limit]
+    )
+
+
+def _rate(part: int | None, whole: int) -> float | None:
+    if part is None or not whole:
+        return None
+    return round(100 * part / whole, 1)
+
+
+def campaign_dashboard_rates(campaigns: list[Campaign]) -> list[dict]:
+    """Each campaign's figures for the dashboard, in the order given.
+
+    The one place the dashboard reads campaign figures: sent and failed from the counters
+    the chunk tasks keep; opened and clicked from Delivery rows only for campaigns up to
+    DASHBOARD_DELIVERY_SCAN_LIMIT recipients (None above, shown as "—"); delivered is None
+    until delivery events are counted. Rates are percentages of sent (sent and failed: of
+    the recipients), None where there is nothing to divide by.
+    """
+    small = [c.pk for c in campaigns if c.total_count <= DASHBOARD_DELIVERY_SCAN_LIMIT]
+    engagement = {
+        row["campaign_id"]: row
+        for row in Delivery.objects.filter(campaign_id__in=small)
+        .order_by()
+        .values("campaign_id")
+        .annotate(opened=Count("opened_at"), clicked=Count("clicked_at"))
+    }
+    rows = []
+    for campaign in campaigns:
+        counted = campaign.pk in small
+        found = engagement.get(campaign.pk, {})
+        opened = found.get("opened", 0) if counted else None
+        clicked = found.get("clicked", 0) if counted else None
+        sent = campaign.sent_count
+        rows.append(
+            {
+                "campaign": campaign,
+                "recipients": campaign.total_count,
+                "sent": sent,
+                "sent_rate": _rate(sent, campaign.total_count),
+                "failed": campaign.failed_count,
+                "failed_rate": _rate(campaign.failed_count, campaign.total_count),
+                "delivered": None,
+                "delivered_rate": None,
+                "opened": opened,
+                "open_rate": _rate(opened, sent),
+                "clicked": clicked,
+                "click_rate": _rate(clicked, sent),
+            }
+        )
+    return rows
