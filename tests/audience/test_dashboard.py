@@ -1,0 +1,112 @@
+"""The dashboard's audience figures on a seeded database (audience.dashboard)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from audience import dashboard
+from audience.dashboard import audience_counts, signups_per_day
+from audience.models import Contact
+from tests.dashboard_seed import seed_dashboard_audience
+
+pytestmark = pytest.mark.django_db
+
+
+def test_contacts_by_status_and_reach_are_counted_exactly_on_a_small_list():
+    expected = seed_dashboard_audience()
+    counts = audience_counts()
+    assert counts.by_status == expected["by_status"]
+    assert counts.total == expected["total"]
+    assert counts.reachable_by_email == expected["reachable_by_email"]
+    # An unsubscribed or pending contact's phone reaches nobody.
+    assert counts.reachable_by_phone == expected["reachable_by_phone"]
+    assert counts.estimated is False
+
+
+def test_an_empty_list_shows_zeroes_for_every_status():
+    counts = audience_counts()
+    assert counts.by_status == dict.fromkeys(Contact.Status.values, 0)
+    assert (counts.total, counts.reachable_by_email, counts.reachable_by_phone) == (0, 0, 0)
+
+
+def _seed_bulk(n: int) -> None:
+    statuses = ["subscribed"] * 7 + ["pending", "unsubscribed", "bounced"]
+    Contact.objects.bulk_create(
+        Contact(
+            email=f"bulk{i}@example.com",
+            status=statuses[i % len(statuses)],
+            phone=f"+1415555{i:04d}" if (i // 10) % 2 == 0 else "",
+        )
+        for i in range(n)
+    )
+
+
+def test_a_list_above_the_limit_is_estimated_on_postgresql_without_counting_it(monkeypatch):
+    """Above EXACT_COUNT_LIMIT PostgreSQL's statistics answer (no COUNT over the table);
+    SQLite, the one-machine quickstart, has none and keeps counting."""
+    monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 100)
+    _seed_bulk(1000)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE audience_contact")
+    with CaptureQueriesContext(connection) as queries:
+        counts = audience_counts()
+    exact = {"subscribed": 700, "pending": 100, "unsubscribed": 100, "bounced": 100}
+    if connection.vendor == "postgresql":
+        assert counts.estimated is True
+        assert not [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
+        # ANALYZE read all 1,000 rows here, so the estimates are within rounding.
+        for status, n in exact.items():
+            assert abs(counts.by_status[status] - n) <= 5, (status, counts.by_status)
+        assert counts.by_status["complained"] == 0
+        assert abs(counts.total - 1000) <= 5
+        # Half of each status has a phone; the planner multiplies the two selectivities.
+        assert abs(counts.reachable_by_phone - 350) <= 20
+    else:
+        assert counts.estimated is False
+        assert counts.by_status == {**exact, "complained": 0}
+        assert counts.reachable_by_phone == 350
+
+
+def test_at_the_limit_the_list_is_still_counted_exactly(monkeypatch):
+    monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 1000)
+    _seed_bulk(1000)
+    counts = audience_counts()
+    assert counts.estimated is False
+    assert counts.total == 1000
+
+
+def test_signups_per_day_by_source_and_by_form_over_90_days():
+    expected = seed_dashboard_audience()
+    data = signups_per_day(days=90)
+    assert len(data["days"]) == 90
+    assert data["days"][-1] == timezone.localdate().isoformat()
+    assert {label: sum(counts) for label, counts in data["by_source"].items()} == expected[
+        "by_source_90"
+    ]
+    assert {name: sum(counts) for name, counts in data["by_form"].items()} == expected["by_form_90"]
+    assert sum(sum(counts) for counts in data["by_source"].values()) == expected["signups_90"]
+    # Today's column: the three footer signups and the popup one.
+    assert {label: counts[-1] for label, counts in data["by_source"].items() if counts[-1]} == (
+        expected["today"]
+    )
+    assert data["by_form"]["Footer form"][-1] == 3
+    # The first day of the window is 89 days ago: the complaint from then is on it.
+    assert data["by_source"]["Signup form"][0] == 1
+    last_30 = sum(sum(counts[-30:]) for counts in data["by_source"].values())
+    assert last_30 == expected["signups_30"]
+
+
+def test_signups_chart_is_one_query_and_cached_for_a_minute():
+    seed_dashboard_audience()
+    with CaptureQueriesContext(connection) as first:
+        data = signups_per_day(days=90)
+    assert len(first) == 2  # the aggregate, and the names of the forms in it
+    Contact.objects.create(email="late@example.com", source=Contact.Source.ADMIN)
+    with CaptureQueriesContext(connection) as second:
+        again = signups_per_day(days=90)
+    assert len(second) == 0
+    assert again == data
