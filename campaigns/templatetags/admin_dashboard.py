@@ -25,7 +25,8 @@ def admin_dashboard(context) -> dict:
         counts = audience_counts()
         shown["audience"] = counts
         shown["statuses"] = [
-            (status, label, counts.by_status[status]) for status, label in Contact.Status.choices
+            (status, label, counts.by_status[status], status not in counts.exact_statuses)
+            for status, label in Contact.Status.choices
         ]
         shown["signups"] = signups_per_day(days=max(SIGNUP_WINDOWS))
     if user.has_perm("campaigns.view_campaign"):

@@ -147,3 +147,25 @@ def test_a_user_who_may_not_see_contacts_sees_no_audience_figures(client, django
     assert 'id="dash-campaigns"' in html
     assert 'id="dash-audience"' not in html
     assert "signups-data" not in html
+
+
+def test_a_big_list_says_its_figures_are_estimates_and_which_are_exact(admin_client, monkeypatch):
+    from audience import dashboard
+
+    seed_dashboard_audience()
+    monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 10)
+    monkeypatch.setattr(dashboard, "RARE_STATUS_LIMIT", 5)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE audience_contact")
+    html = admin_client.get("/admin/").content.decode()
+    if connection.vendor == "postgresql":
+        assert _text(html, "dash-total") == "about 16"
+        assert _text(html, "dash-status-subscribed") == "about 12"
+        assert _text(html, "dash-reach-email") == "about 12"
+        # Rare statuses are counted, not estimated: no "about".
+        assert _text(html, "dash-status-bounced") == "1"
+        assert 'id="dash-estimated"' in html
+    else:  # SQLite has no planner statistics: a one-machine list is always counted
+        assert _text(html, "dash-total") == "16"
+        assert 'id="dash-estimated"' not in html
