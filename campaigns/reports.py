@@ -136,6 +136,8 @@ def campaign_summaries(campaigns: Iterable[Campaign]) -> list[dict]:
                 "sent": sent,
                 "delivered": c.delivered,
                 "delivered_rate": _rate(c.delivered, sent),
+                "opened": c.opened,
+                "clicked": c.clicked,
                 "open_rate": _rate(c.opened, sent),
                 "click_rate": _rate(c.clicked, sent),
                 "bounce_rate": _rate(c.hard_bounced + c.soft_bounced, sent),

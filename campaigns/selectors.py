@@ -69,3 +69,53 @@ def campaign_events(campaign: Campaign, *, limit: int = 50) -> list[CampaignEven
     return list(
         CampaignEvent.objects.filter(campaign=campaign).order_by("-created_at", "-id")[:limit]
     )
+
+
+# The dashboard's "last campaigns": how many.
+DASHBOARD_CAMPAIGNS = 5
+
+
+def campaigns_recent(*, limit: int = DASHBOARD_CAMPAIGNS) -> list[Campaign]:
+    """The campaigns that started most recently (drafts and scheduled ones have no rates)."""
+    return list(
+        Campaign.objects.filter(started_at__isnull=False).order_by("-started_at", "-pk")[:limit]
+    )
+
+
+def _rate(part: int | None, whole: int) -> float | None:
+    if part is None or not whole:
+        return None
+    return round(100 * part / whole, 1)
+
+
+def campaign_dashboard_rates(campaigns: list[Campaign]) -> list[dict]:
+    """Each campaign's figures for the dashboard, in the order given.
+
+    The one place the dashboard reads campaign figures: sent and failed from the counters
+    the chunk tasks keep, delivered, opened and clicked from the report's counters kept as
+    provider events arrive (campaigns.reports.campaign_summaries: one query whatever the
+    campaigns' size, no Delivery row read). Rates are percentages of sent (sent and
+    failed: of the recipients), None where there is nothing to divide by.
+    """
+    from campaigns.reports import campaign_summaries
+
+    rows = []
+    for summary in campaign_summaries(campaigns):
+        campaign, sent = summary["campaign"], summary["sent"]
+        rows.append(
+            {
+                "campaign": campaign,
+                "recipients": campaign.total_count,
+                "sent": sent,
+                "sent_rate": _rate(sent, campaign.total_count),
+                "failed": campaign.failed_count,
+                "failed_rate": _rate(campaign.failed_count, campaign.total_count),
+                "delivered": summary["delivered"],
+                "delivered_rate": _rate(summary["delivered"], sent),
+                "opened": summary["opened"],
+                "open_rate": _rate(summary["opened"], sent),
+                "clicked": summary["clicked"],
+                "click_rate": _rate(summary["clicked"], sent),
+            }
+        )
+    return rows
