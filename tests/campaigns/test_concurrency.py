@@ -20,10 +20,12 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 
-from audience.models import Contact
 from bench.fake_esp import FakeESP
 from campaigns import ratelimit, services
 from campaigns.models import Campaign, Delivery, DeliveryChunk, SenderSettings
+from tests.campaign_runs import recipients as _recipients
+from tests.campaign_runs import start as _start
+from tests.campaign_runs import status as _status
 from tests.faults.workers import Database, mailgun_worker_env, start_worker, stop
 from tests.polling import wait_for, while_locked
 
@@ -54,31 +56,6 @@ def sender(transactional_db):
     )
     yield SenderSettings.load()
     ratelimit.reset()
-
-
-def _recipients(n: int) -> list[str]:
-    """`n` subscribed contacts, plus a few who must never be mailed."""
-    emails = [f"r{i}@example.com" for i in range(n)]
-    Contact.objects.bulk_create(
-        [Contact(email=email, status=Contact.Status.SUBSCRIBED) for email in emails]
-        + [Contact(email=f"u{i}@example.com", status=Contact.Status.UNSUBSCRIBED) for i in range(5)]
-        + [Contact(email=f"p{i}@example.com", status=Contact.Status.PENDING) for i in range(5)]
-    )
-    return emails
-
-
-def _start(**kwargs) -> Campaign:
-    campaign = Campaign.objects.create(
-        name="We're still here",
-        subject="Hi {{ first_name|default:'friend' }}, we're still here",
-        body="Hello **{{ first_name|default:'friend' }}**, order at https://shop.example.",
-        **kwargs,
-    )
-    return services.campaign_start(campaign=campaign)
-
-
-def _status(campaign: Campaign) -> str:
-    return Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
 
 
 def _everyone_once(esp: FakeESP, emails: list[str]) -> None:

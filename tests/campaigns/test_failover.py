@@ -23,9 +23,12 @@ from audience import services as audience_services
 from audience.models import Contact
 from audience.tasks import send_due_confirmations
 from bench.fake_esp import FakeESP
-from campaigns import providers, ratelimit, services
+from campaigns import providers, ratelimit
 from campaigns.models import Campaign, CampaignEvent, Delivery, SenderSettings
 from config import providers as config_providers
+from tests.campaign_runs import recipients as _recipients
+from tests.campaign_runs import start as _start
+from tests.campaign_runs import status as _status
 from tests.factories import SignupFormFactory
 from tests.polling import wait_for, while_locked
 from tests.webhooks import mount_tracking
@@ -109,30 +112,6 @@ def mailgun_failover(settings):
     _failover(settings, "mailgun", server)
     yield server
     server.stop()
-
-
-def _recipients(n: int) -> list[str]:
-    emails = [f"r{i}@example.com" for i in range(n)]
-    Contact.objects.bulk_create(
-        [Contact(email=email, status=Contact.Status.SUBSCRIBED) for email in emails]
-        + [Contact(email=f"u{i}@example.com", status=Contact.Status.UNSUBSCRIBED) for i in range(5)]
-        + [Contact(email=f"p{i}@example.com", status=Contact.Status.PENDING) for i in range(5)]
-    )
-    return emails
-
-
-def _start(**kwargs) -> Campaign:
-    campaign = Campaign.objects.create(
-        name="We're still here",
-        subject="Hi {{ first_name|default:'friend' }}, we're still here",
-        body="Hello **{{ first_name|default:'friend' }}**, order at https://shop.example.",
-        **kwargs,
-    )
-    return services.campaign_start(campaign=campaign)
-
-
-def _status(campaign: Campaign) -> str:
-    return Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
 
 
 def _finished(campaign: Campaign, timeout: float) -> Campaign:
