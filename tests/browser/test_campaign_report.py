@@ -30,7 +30,7 @@ def _expect():
 
 @pytest.mark.worker
 def test_owner_sees_what_the_blast_reached(
-    page, stillhere, django_user_model, sender, esp, settings, celery_worker
+    page, stillhere, django_user_model, sender, esp, settings, celery_worker, tmp_path
 ):
     expect = _expect()
     django_user_model.objects.create_superuser("owner", "owner@corner.example", PASSWORD)
@@ -105,6 +105,8 @@ def test_owner_sees_what_the_blast_reached(
     assert totals == [[["Sent", 8], ["Delivered", 6]], [["Opened", 3], ["Clicked", 2]]]
     box = page.locator("#report-chart-sending").bounding_box()
     assert box and box["width"] > 200 and box["height"] > 100
+    # For a person to look at (pytest keeps the last runs' tmp_path).
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
     # The CSV the button leads to: every recipient, with what happened.
     with page.expect_download() as download:
