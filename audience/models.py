@@ -164,6 +164,8 @@ class Contact(models.Model):
         FORM = "form", "Signup form"
         IMPORT = "import", "Import"
         ADMIN = "admin", "Admin"
+        API = "api", "API"
+        STORE = "store", "Store sync"
 
     # Stored trimmed and lower-cased, so "one contact per email, case-insensitively" is a
     # plain unique index that bulk upserts (ON CONFLICT) can target.
@@ -206,6 +208,15 @@ class Contact(models.Model):
     # SOFT_BOUNCE_LIMIT the contact is suppressed as bounced, and a delivered message
     # sets it back to 0 (campaigns.feedback). db_default: bulk paths insert in raw SQL.
     soft_bounce_count = models.PositiveSmallIntegerField(default=0, db_default=0, editable=False)
+    # SMS marketing consent as a connected store records it (SmsConsent; audience.sync).
+    # Separate from `status`, which is about email. db_default: bulk paths use raw SQL.
+    sms_consent = models.CharField(
+        max_length=16, blank=True, default="", db_default="", editable=False
+    )
+    sms_consent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    sms_opt_in_level = models.CharField(
+        max_length=40, blank=True, default="", db_default="", editable=False
+    )
 
     class Meta:
         indexes = [
@@ -258,6 +269,7 @@ class ConsentEvent(models.Model):
         UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
         PREFERENCES = "preferences", "Updated preferences"
         IMPORT = "import", "Imported"
+        SYNC = "sync", "Synced"
         ADMIN = "admin", "Changed by admin"
         BOUNCE = "bounce", "Bounced"
         COMPLAINT = "complaint", "Complained"
@@ -459,3 +471,54 @@ class RefusedOrigin(models.Model):
 
     def __str__(self) -> str:
         return self.origin
+
+
+class SmsConsent(models.TextChoices):
+    """A contact's consent to SMS marketing, as the shop's store records it (Shopify's
+    ``sms_marketing_consent.state``). Stored apart from the email status: the SMS work
+    reads it; nothing sends SMS on it yet."""
+
+    UNKNOWN = "", "Unknown"
+    SUBSCRIBED = "subscribed", "Subscribed"
+    NOT_SUBSCRIBED = "not_subscribed", "Not subscribed"
+    PENDING = "pending", "Pending"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    REDACTED = "redacted", "Redacted"
+
+
+def _new_store_key() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Store(models.Model):
+    """A connected shop (Shopify or WooCommerce) whose customer webhooks sync the audience
+    (audience.integrations). Each store has its own webhook URL (by `key`) and its own
+    signing secret: a post is accepted only when signed with that secret."""
+
+    class Kind(models.TextChoices):
+        SHOPIFY = "shopify", "Shopify"
+        WOOCOMMERCE = "woocommerce", "WooCommerce"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    name = models.CharField(max_length=200, help_text="For you, e.g. the shop's name.")
+    domain = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The shop's domain, e.g. myshop.myshopify.com (Shopify sends it with each "
+        "webhook; a post naming another shop is refused).",
+    )
+    key = models.CharField(max_length=40, unique=True, default=_new_store_key, editable=False)
+    secret = models.CharField(
+        max_length=200,
+        help_text="The webhook signing secret the shop shows you (Shopify: the app's API "
+        "secret or the notifications' signing key; WooCommerce: the webhook's Secret).",
+    )
+    tags = models.ManyToManyField(Tag, blank=True, help_text="Applied to every synced customer.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
