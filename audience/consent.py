@@ -57,6 +57,7 @@ class Ask(enum.StrEnum):
 class Via(enum.StrEnum):
     SIGNUP = "signup"  # someone typed the address into a form: not proof of ownership
     IMPORT = "import"  # the shop's own records, with the file's evidence
+    SYNC = "sync"  # a connected store or an API client, with the consent it records
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class State:
     confirmation_sent_at: datetime | None = None
     unsubscribed_at: datetime | None = None
     last_signup_at: datetime | None = None  # the latest signup ConsentEvent
+    # When the status last changed (confirmed, unsubscribed, synced): older synced
+    # consent does not win over it.
+    status_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ def decide(
         return _new(incoming)
     if incoming.via == Via.IMPORT:
         return _known_import(current, incoming)
+    if incoming.via == Via.SYNC:
+        return _known_sync(current, incoming, now=now, resend_window=resend_window)
     return _known_signup(current, incoming, now=now, resend_window=resend_window)
 
 
@@ -147,6 +153,43 @@ def _known_import(current: State, incoming: Incoming) -> Outcome:
     if incoming.ask in _SUPPRESSING and status not in SUPPRESSED:
         after = _SUPPRESSING[incoming.ask]
         return Outcome(after, event=True, close_request=True, fill_gaps=True)
+    return Outcome(status, fill_gaps=True)
+
+
+def _known_sync(
+    current: State, incoming: Incoming, *, now: datetime, resend_window: timedelta
+) -> Outcome:
+    """A store or API client states the contact's consent as its own records hold it.
+
+    Unlike a file, a sync may complete a pending contact: the store saw its customer opt
+    in (Shopify's email_marketing_consent), which is the evidence an import row carries.
+    It never brings back an address that said no: a subscription stated for an
+    unsubscribed or bounced contact is treated as that person signing up again (a double
+    opt-in request its owner must click), and for a complaint as nothing. Consent older
+    than the contact's last change of status (webhooks arrive out of order) changes no
+    status.
+    """
+    status = current.status
+    if current.status_changed_at is not None and incoming.at < current.status_changed_at:
+        return Outcome(status, fill_gaps=True)
+    if incoming.ask in _SUPPRESSING:
+        if status in SUPPRESSED:
+            return Outcome(status, fill_gaps=True)
+        return Outcome(_SUPPRESSING[incoming.ask], event=True, close_request=True, fill_gaps=True)
+    if incoming.ask == Ask.SUBSCRIBE and status == Status.PENDING:
+        return Outcome(Status.SUBSCRIBED, event=True, close_request=True, fill_gaps=True)
+    asks_again = incoming.ask == Ask.CONFIRM_FIRST or (
+        incoming.ask == Ask.SUBSCRIBE and status in SUPPRESSED
+    )
+    if asks_again and status != Status.SUBSCRIBED:
+        asked = _known_signup(current, incoming, now=now, resend_window=resend_window)
+        return Outcome(
+            asked.status,
+            event=asked.event,
+            open_request=asked.open_request,
+            mail=asked.mail,
+            fill_gaps=True,
+        )
     return Outcome(status, fill_gaps=True)
 
 

@@ -1,9 +1,0 @@
-from django.db import migrations
-
-
-class Migration(migrations.Migration):
-    dependencies = [
-        ("audience", "0017_integrations"),
-    ]
-
-    operations = []
