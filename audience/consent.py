@@ -29,6 +29,7 @@ The rules (ARCHITECTURE.md, "Consent moves only forward by its owner's act"):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -183,13 +184,7 @@ def _known_sync(
     )
     if asks_again and status != Status.SUBSCRIBED:
         asked = _known_signup(current, incoming, now=now, resend_window=resend_window)
-        return Outcome(
-            asked.status,
-            event=asked.event,
-            open_request=asked.open_request,
-            mail=asked.mail,
-            fill_gaps=True,
-        )
+        return dataclasses.replace(asked, fill_gaps=True)
     return Outcome(status, fill_gaps=True)
 
 
