@@ -514,7 +514,16 @@ class Store(models.Model):
         "secret or the notifications' signing key; WooCommerce: the webhook's Secret).",
     )
     tags = models.ManyToManyField(Tag, blank=True, help_text="Applied to every synced customer.")
-    enabled = models.BooleanField(default=True)
+    confirm_unconsented = models.BooleanField(
+        "Ask customers without an opt-in to confirm",
+        default=False,
+        help_text="A customer the shop has no marketing opt-in for (every WooCommerce "
+        "customer: WooCommerce records none) is kept as pending and not mailed. Tick this to "
+        "send them a double opt-in email instead: they become subscribed only if they click.",
+    )
+    enabled = models.BooleanField(
+        default=True, help_text="A disabled store's webhooks are refused (404)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -522,3 +531,68 @@ class Store(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"
+
+
+class StoreCustomer(models.Model):
+    """A store's customer and the contact it is, with the store's last change to it:
+    webhooks arrive out of order, and an older one must not overwrite a newer one."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="customers")
+    remote_id = models.CharField(max_length=64)
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="store_customers")
+    remote_updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["store", "remote_id"], name="store_customer_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.store} customer {self.remote_id}"
+
+
+class StoreWebhook(models.Model):
+    """A store webhook taken, written in the transaction that applied it: a redelivery
+    (same id) finds it and changes nothing."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="webhooks")
+    webhook_id = models.CharField(max_length=100)
+    topic = models.CharField(max_length=64)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    outcome = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["store", "webhook_id"], name="store_webhook_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.webhook_id}"
+
+
+class StorePrivacyRequest(models.Model):
+    """A privacy request a store passed on (Shopify's mandatory compliance webhooks): an
+    erasure is carried out when it arrives; a customer's data request is for the shop
+    owner to answer, from the contact's "Export data" link."""
+
+    class Topic(models.TextChoices):
+        DATA_REQUEST = "customers/data_request", "Customer data request"
+        CUSTOMER_REDACT = "customers/redact", "Customer erasure"
+        SHOP_REDACT = "shop/redact", "Shop erasure"
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="privacy_requests")
+    topic = models.CharField(max_length=32, choices=Topic.choices)
+    email_hash = models.CharField(max_length=64, blank=True)
+    remote_customer_id = models.CharField(max_length=64, blank=True)
+    contact = models.ForeignKey(
+        Contact, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_topic_display()} from {self.store}"

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from audience import views
+from audience.integrations.receiving import store_webhook
 
 app_name = "audience"
 
@@ -16,4 +17,6 @@ urlpatterns = [
     path("u/<str:token>/", views.unsubscribe, name="unsubscribe"),
     path("p/<str:token>/", views.preferences, name="preferences"),
     path("demo/shop/", views.demo_shop, name="demo-shop"),
+    # A connected store's customer webhooks (audience.integrations).
+    path("integrations/<str:kind>/<str:key>/", store_webhook, name="store-webhook"),
 ]
