@@ -732,3 +732,7 @@ class SegmentAdmin(admin.ModelAdmin):
         context["rule_vocabulary"] = _rule_vocabulary()
         context["count_url"] = reverse("admin:audience_segment_count")
         return super().render_change_form(request, context, *args, **kwargs)
+
+
+# Connected stores and the privacy requests they pass on.
+from audience.integrations import admin as _integrations_admin  # noqa: E402, F401

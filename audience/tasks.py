@@ -67,3 +67,11 @@ def import_send_confirmations(contact_ids: list[int]) -> None:
     from audience import services
 
     services.confirmations_request(contacts=Contact.objects.filter(pk__in=contact_ids))
+
+
+@shared_task
+def prune_store_webhooks() -> int:
+    """Beat, hourly: forget the receipts of store webhooks too old to be delivered again."""
+    from audience.integrations.receiving import receipts_prune
+
+    return receipts_prune()

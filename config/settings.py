@@ -258,6 +258,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audience.tasks.resume_stalled_imports",
         "schedule": 60.0,
     },
+    # Store webhook receipts past any redelivery (audience.integrations.receiving).
+    "audience-prune-store-webhooks": {
+        "task": "audience.tasks.prune_store_webhooks",
+        "schedule": 3600.0,
+    },
     "campaigns-start-due": {
         "task": "campaigns.tasks.start_due_campaigns",
         "schedule": env_float("CAMPAIGN_SCAN_SECONDS", 30.0, minimum=1),

@@ -18,9 +18,11 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -124,3 +126,21 @@ def _receipt(store: Store, topic: str, delivery_id: str) -> tuple[StoreWebhook, 
             ), True
     except IntegrityError:
         return StoreWebhook.objects.get(store=store, webhook_id=delivery_id), False
+
+
+# Shopify retries a delivery for up to 48 hours, WooCommerce not at all: a week of
+# receipts catches every redelivery, and the table stays the size of a week's changes.
+RECEIPTS_KEPT = timedelta(days=7)
+
+
+def receipts_prune(*, batch: int = 10_000) -> int:
+    """Delete receipts older than RECEIPTS_KEPT, a batch per statement; return how many."""
+    cutoff = timezone.now() - RECEIPTS_KEPT
+    deleted = 0
+    while True:
+        ids = list(
+            StoreWebhook.objects.filter(received_at__lt=cutoff).values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            return deleted
+        deleted += StoreWebhook.objects.filter(pk__in=ids).delete()[0]

@@ -388,3 +388,20 @@ def test_signature_is_checked_against_the_posting_platforms_header(shop, woo):
     )  # fmt: skip
     assert response.status_code == 401
     _nothing_stored()
+
+
+def test_receipts_are_kept_past_any_redelivery_then_pruned(shop):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from audience.tasks import prune_store_webhooks
+
+    old = StoreWebhook.objects.create(store=shop, webhook_id="old", topic="customers/update")
+    recent = StoreWebhook.objects.create(store=shop, webhook_id="new", topic="customers/update")
+    StoreWebhook.objects.filter(pk=old.pk).update(received_at=timezone.now() - timedelta(days=8))
+    StoreWebhook.objects.filter(pk=recent.pk).update(
+        received_at=timezone.now() - timedelta(days=2)  # Shopify still retries at 48 hours
+    )
+    assert prune_store_webhooks() == 1
+    assert list(StoreWebhook.objects.values_list("webhook_id", flat=True)) == ["new"]
