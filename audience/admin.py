@@ -21,7 +21,14 @@ from django.utils.safestring import mark_safe
 
 from audience import evidence, origins, selectors, services, snippets
 from audience.forms import ContactAdminForm
-from audience.models import ConsentEvent, Contact, SignupForm, SuppressedEmail, Tag
+from audience.models import (
+    ConsentEvent,
+    Contact,
+    SignupForm,
+    SuppressedEmail,
+    Tag,
+    WelcomeEmail,
+)
 
 
 class _BoundedPage(Page):
@@ -201,6 +208,58 @@ class ConsentEventInline(admin.TabularInline):
         )
 
 
+class WelcomeEmailInline(admin.TabularInline):
+    """The contact's welcome email (audience.welcome), beside its consent timeline: owed,
+    sent, in doubt (its worker stopped mid-send: never sent again) or skipped."""
+
+    model = WelcomeEmail
+    extra = 0
+    can_delete = False
+    verbose_name = verbose_name_plural = "Welcome email"
+    fields = ["created_at", "outcome", "source", "detail"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("signup_form", "store")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Welcome email")
+    def outcome(self, welcome: WelcomeEmail) -> str:
+        State = WelcomeEmail.State
+        text = {
+            State.OWED: "Welcome email owed",
+            State.SENDING: "Welcome email sending",
+            State.SENT: "Welcome email sent",
+            State.IN_DOUBT: "Welcome email in doubt",
+            State.SKIPPED: "Welcome email skipped (not subscribed)"
+            if welcome.error.startswith("Not sent: the contact was no longer subscribed")
+            else "Welcome email skipped",
+            State.FAILED: "Welcome email refused by the provider",
+        }[welcome.state]
+        when = welcome.sent_at or welcome.claimed_at
+        if when is None:
+            return format_html("<strong>{}</strong>", text)
+        return format_html("<strong>{}</strong><br>{}", text, date_format(when, "DATETIME_FORMAT"))
+
+    @admin.display(description="From")
+    def source(self, welcome: WelcomeEmail) -> str:
+        if welcome.signup_form_id:
+            return f"form: {welcome.signup_form}"
+        if welcome.store_id:
+            return f"store: {welcome.store}"
+        return "-"
+
+    @admin.display(description="Detail")
+    def detail(self, welcome: WelcomeEmail) -> str:
+        lines = [line for line in (welcome.error, welcome.message_id) if line]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) or "-"
+
+
 class TagFilter(admin.SimpleListFilter):
     title = "tag"
     parameter_name = "tag"
@@ -240,7 +299,7 @@ class ContactAdmin(admin.ModelAdmin):
                        "confirmed_at", "unsubscribed_at", "gdpr", "consent_actions"]  # fmt: skip
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
     filter_horizontal = ["tags"]
-    inlines = [ConsentEventInline]
+    inlines = [WelcomeEmailInline, ConsentEventInline]
     form = ContactAdminForm
 
     def get_search_results(self, request, queryset, search_term):
@@ -600,7 +659,7 @@ class SignupFormAdmin(admin.ModelAdmin):
                 ),
             },
         )
-        return [*super().get_fieldsets(request, obj), confirmation]
+        return [*super().get_fieldsets(request, obj), confirmation, WELCOME_FIELDSET]
 
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "confirmation_preview"]
@@ -627,6 +686,21 @@ class SignupFormAdmin(admin.ModelAdmin):
             subject,
             html,
         )
+
+
+# A form's and a store's welcome email (audience.welcome), sent by the campaigns app
+# (the store's page: audience.integrations.admin).
+WELCOME_FIELDSET = (
+    "Welcome email",
+    {
+        "fields": ["welcome_enabled", "welcome_subject", "welcome_body"],
+        "description": (
+            "Sent once to each new subscriber, in your campaign layout with the unsubscribe "
+            "link and your postal address. Never twice to one contact: someone who "
+            "unsubscribes and comes back is not welcomed again."
+        ),
+    },
+)
 
 
 @admin.register(Tag)
@@ -732,6 +806,64 @@ class SegmentAdmin(admin.ModelAdmin):
         context["rule_vocabulary"] = _rule_vocabulary()
         context["count_url"] = reverse("admin:audience_segment_count")
         return super().render_change_form(request, context, *args, **kwargs)
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+from audience import apitokens  # noqa: E402
+from audience.models import ApiToken  # noqa: E402
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Made here, shown once (a message after saving), never again: only its hash is
+    stored. Revoked, not deleted, so the consent events it wrote still name it."""
+
+    list_display = ["name", "prefix_shown", "can_read_contacts", "can_write_contacts",
+                    "can_send_campaigns", "created_at", "last_used_at", "revoked_at"]  # fmt: skip
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix"]
+    fields = ["name", "can_read_contacts", "can_write_contacts", "can_send_campaigns",
+              "prefix_shown", "created_at", "created_by", "last_used_at", "revoked_at"]  # fmt: skip
+    readonly_fields = ["prefix_shown", "created_at", "created_by", "last_used_at", "revoked_at"]
+    actions = ["revoke_selected"]
+
+    @admin.display(description="token", ordering="prefix")
+    def prefix_shown(self, obj: ApiToken) -> str:
+        return f"{obj.prefix}…" if obj.prefix else "Shown once, when you save."
+
+    def get_fields(self, request, obj=None):
+        return self.fields if obj else self.fields[:4]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        api_token, token = apitokens.api_token_create(
+            name=obj.name, can_read_contacts=obj.can_read_contacts,
+            can_write_contacts=obj.can_write_contacts,
+            can_send_campaigns=obj.can_send_campaigns, created_by=request.user,
+        )  # fmt: skip
+        obj.pk = api_token.pk
+        form.instance = api_token
+        self.message_user(
+            request,
+            format_html(
+                "Copy this token now: it is shown only this once. "
+                '<code id="new-api-token">{}</code>. '
+                "Clients send it as <code>Authorization: Bearer &lt;token&gt;</code>.",
+                token,
+            ),
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        count = apitokens.api_tokens_revoke(tokens=queryset)
+        self.message_user(request, f"Revoked {count} token{'s' if count != 1 else ''}.")
 
 
 # Connected stores and the privacy requests they pass on.

@@ -9,6 +9,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.functional import cached_property
 
+from audience.mailmerge import check_template
+
 
 class Tag(models.Model):
     name = models.CharField(max_length=100)
@@ -53,6 +55,34 @@ Yes, subscribe me</a>
 The link works for {{ confirm_days }} days. If you did not sign up, ignore this email \
 and you will not hear from us again.
 """
+
+
+# A welcome email (audience.welcome) is written like a campaign body: Markdown, a
+# campaign's merge fields, sent in the campaign layout with its unsubscribe link.
+WELCOME_HELP_SUBJECT = (
+    'Merge fields as in a campaign, e.g. Welcome, {{ first_name|default:"friend" }}!'
+)
+WELCOME_HELP_BODY = (
+    "Markdown, written like a campaign: merge fields such as {{ first_name }}, "
+    "{{ from_name }}, {{ shop_url }}. Sent once to each contact when they become "
+    "subscribed (after confirming, when double opt-in is on), in your branded layout with "
+    "the unsubscribe link and your postal address (Sender settings)."
+)
+
+
+def welcome_errors(*, enabled: bool, subject: str, body: str) -> dict[str, list[str]]:
+    """What is wrong with a welcome email as a form or store holds it ({field: messages}):
+    checked as a campaign's subject and body are, so it cannot fail at send time."""
+    errors: dict[str, list[str]] = {}
+    for name, text in (("welcome_subject", subject), ("welcome_body", body)):
+        if enabled and not text.strip():
+            errors[name] = ["Write the welcome email, or turn it off."]
+            continue
+        try:
+            check_template(text)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    return errors
 
 
 class SignupForm(models.Model):
@@ -118,6 +148,15 @@ class SignupForm(models.Model):
             "The hosted page always works."
         ),
     )
+    welcome_enabled = models.BooleanField(
+        "send a welcome email",
+        default=False,
+        help_text="Once to each new subscriber from this form; never twice to one contact.",
+    )
+    welcome_subject = models.CharField(
+        "welcome email subject", max_length=300, blank=True, help_text=WELCOME_HELP_SUBJECT
+    )
+    welcome_body = models.TextField("welcome email", blank=True, help_text=WELCOME_HELP_BODY)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -142,6 +181,11 @@ class SignupForm(models.Model):
             confirmation_check(subject=self.confirmation_subject, body=self.confirmation_body)
         except ValidationError as exc:
             errors.update(exc.update_error_dict({}))
+        errors.update(
+            welcome_errors(
+                enabled=self.welcome_enabled, subject=self.welcome_subject, body=self.welcome_body
+            )
+        )
         if errors:
             raise ValidationError(errors)
 
@@ -473,6 +517,53 @@ class RefusedOrigin(models.Model):
         return self.origin
 
 
+class WelcomeEmail(models.Model):
+    """The welcome email one contact is owed, and what became of it: an outbox row.
+
+    Written by audience.welcome.welcome_owe in the transaction that subscribes the
+    contact, at most one per contact (the unique contact): a contact who unsubscribes and
+    comes back is not welcomed again. campaigns.welcome sends it at most once: a row
+    claimed by a worker that then went silent is `in_doubt` (the provider may have taken
+    it) and is never sent again by itself; a welcome is not worth a duplicate.
+    """
+
+    class State(models.TextChoices):
+        OWED = "owed", "Owed"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        IN_DOUBT = "in_doubt", "In doubt (the worker stopped while sending)"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Refused by the provider"
+
+    contact = models.OneToOneField(Contact, on_delete=models.CASCADE, related_name="welcome_email")
+    signup_form = models.ForeignKey(
+        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
+    store = models.ForeignKey(
+        "Store", null=True, blank=True, on_delete=models.SET_NULL, db_index=False
+    )
+    # db_default: the signup hot path inserts these rows in raw SQL.
+    state = models.CharField(
+        max_length=10, choices=State.choices, default=State.OWED, db_default=State.OWED
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    message_id = models.CharField(max_length=200, blank=True, default="", db_default="")
+    error = models.TextField(blank=True, default="", db_default="")
+
+    class Meta:
+        indexes = [
+            # Partial: only the few rows a worker still has to look at.
+            models.Index(
+                fields=["id"], name="welcome_open", condition=Q(state__in=["owed", "sending"])
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Welcome email to {self.contact_id}: {self.get_state_display()}"
+
+
 class SmsConsent(models.TextChoices):
     """A contact's consent to SMS marketing, as the shop's store records it (Shopify's
     ``sms_marketing_consent.state``). Stored apart from the email status: the SMS work
@@ -525,12 +616,31 @@ class Store(models.Model):
         default=True, help_text="A disabled store's webhooks are refused (404)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    welcome_enabled = models.BooleanField(
+        "send a welcome email",
+        default=False,
+        help_text=(
+            "Once to each customer this store's sync subscribes (with the consent the store "
+            "recorded); never twice to one contact."
+        ),
+    )
+    welcome_subject = models.CharField(
+        "welcome email subject", max_length=300, blank=True, help_text=WELCOME_HELP_SUBJECT
+    )
+    welcome_body = models.TextField("welcome email", blank=True, help_text=WELCOME_HELP_BODY)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_kind_display()})"
+
+    def clean(self) -> None:
+        errors = welcome_errors(
+            enabled=self.welcome_enabled, subject=self.welcome_subject, body=self.welcome_body
+        )
+        if errors:
+            raise ValidationError(errors)
 
 
 class StoreCustomer(models.Model):
@@ -596,3 +706,49 @@ class StorePrivacyRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_topic_display()} from {self.store}"
+
+
+class ApiToken(models.Model):
+    """A key an API client sends as "Authorization: Bearer <token>" (config.api_auth).
+
+    Only a hash of the token is stored: it is shown once, when it is made in the admin
+    (audience.apitokens), and a leaked database does not leak working keys. Each token
+    holds its own permissions, and a revoked one is kept, so the consent events written
+    with it (actor "api:<prefix>") still say which client it was.
+    """
+
+    name = models.CharField(max_length=200, help_text="For you: which client uses it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(
+        max_length=8, editable=False, help_text="The token's first characters, to tell it apart."
+    )
+    can_read_contacts = models.BooleanField(
+        "read contacts", default=True, help_text="List, search, get and export contacts; tags."
+    )
+    can_write_contacts = models.BooleanField(
+        "write contacts",
+        default=False,
+        help_text="Create and update contacts, tag, unsubscribe and erase them.",
+    )
+    can_send_campaigns = models.BooleanField(
+        "send campaigns", default=False, help_text="List and start campaigns, send a blast."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
+    )
+    # Written at most once a minute (audience.apitokens), not on every request.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def actor(self) -> str:
+        """Who the consent events say acted: the token, by its prefix."""
+        return f"api:{self.prefix}"

@@ -21,14 +21,16 @@ from django.db.models import QuerySet, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from audience import consent
+from audience import consent, welcome
 from audience.models import (
     ConsentEvent,
     Contact,
     SignupDeferred,
     SignupForm,
+    Store,
     SuppressedEmail,
     Tag,
+    WelcomeEmail,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,6 +171,8 @@ def contact_subscribe(
             contact = _contact_as_inserted(signup, created[email], now)
             if contact.confirmation_due:
                 _queue_confirmation()
+            if _owes_welcome(signup):
+                welcome.welcome_queue()  # the statement wrote its row
             return contact
         if defer_known:
             _queue_confirmation()  # the same task applies deferred signups first
@@ -198,6 +202,8 @@ def contacts_subscribe_batch(signups: list[Signup]) -> list[int]:
         rest = [i for i, s in enumerate(signups) if first[s.email] != i or s.email not in created]
         if any(_decide_new_signup(signups[first[email]]).mail for email in created):
             _queue_confirmation()
+        if any(_owes_welcome(signups[first[email]]) for email in created):
+            welcome.welcome_queue()
     failed = []
     for position in rest:
         try:
@@ -221,7 +227,18 @@ def _insert_row(s: Signup, now: datetime) -> list:
         s.at.isoformat(), s.evidence.method, s.evidence.ip,
         (s.evidence.user_agent or "")[:500], s.evidence.actor, s.consent_text,
         s.double_opt_in, email_hash(s.email), opened, outcome.mail,
+        outcome.status == Status.SUBSCRIBED and _welcome_on(s.form),
     ]  # fmt: skip
+
+
+def _welcome_on(form: SignupForm | None) -> bool:
+    return form is not None and form.welcome_enabled
+
+
+def _owes_welcome(signup: Signup) -> bool:
+    """A new address's signup is subscribed at once (single opt-in) through a form with a
+    welcome: _contacts_insert_new owes the welcome in its statement."""
+    return _welcome_on(signup.form) and _decide_new_signup(signup).status == Status.SUBSCRIBED
 
 
 def _incoming(signup: Signup) -> consent.Incoming:
@@ -255,6 +272,7 @@ def _contacts_insert_new(
         "rows": json.dumps([_insert_row(s, now) for s in signups], ensure_ascii=False),
         "source": Contact.Source.FORM, "kind": ConsentEvent.Kind.SIGNUP,
         "pending": Status.PENDING, "now": now, "defer": defer_known,
+        "owed": WelcomeEmail.State.OWED,
     }  # fmt: skip
     sql = f"""
         WITH input AS (
@@ -264,7 +282,7 @@ def _contacts_insert_new(
                 r->>11 AS consent_text,
                 jsonb_build_object('double_opt_in', (r->>12)::boolean) AS detail,
                 r->>13 AS hash, (r->>14)::timestamptz AS requested_at,
-                (r->>15)::boolean AS mail, r
+                (r->>15)::boolean AS mail, (r->>16)::boolean AS welcome, r
             FROM jsonb_array_elements(%(rows)s::jsonb) AS r
         ), lifted AS (
             -- Signing up lifts an erasure's suppression, but only one from before the
@@ -301,6 +319,15 @@ def _contacts_insert_new(
             FROM created JOIN input USING (email)
             JOIN {SignupForm.tags.through._meta.db_table} AS form_tag
                 ON form_tag.signupform_id = input.form_id
+        ), welcomed AS (
+            -- Subscribed at once through a form with a welcome (audience.welcome): owed
+            -- in this same statement, so it commits with the contact or not at all.
+            INSERT INTO {WelcomeEmail._meta.db_table} (contact_id, signup_form_id, state,
+                created_at, message_id, error)
+            SELECT created.id, form_id, %(owed)s, %(now)s, '', ''
+            FROM created JOIN input USING (email)
+            WHERE input.welcome
+            ON CONFLICT (contact_id) DO NOTHING
         ), deferred AS (
             -- A known address (with defer): kept whole for a worker to apply, written
             -- by this same statement so that the request costs the same either way.
@@ -403,6 +430,7 @@ def _contact_subscribe_any(signup: Signup) -> Contact | None:
             "optin_requested_at": now if new.open_request else None,
         },
     )
+    status_before = "" if created else contact.status
     if created:
         outcome = new
     else:
@@ -412,6 +440,8 @@ def _contact_subscribe_any(signup: Signup) -> Contact | None:
         if not outcome.writes:
             return contact
         _apply_request(contact, outcome, now=now)
+    if status_before != Status.SUBSCRIBED:
+        welcome.welcome_owe(contact=contact, signup_form=form)
     tags = list(form.tags.all()) if form is not None else []
     if tags:
         through = Contact.tags.through
@@ -592,6 +622,7 @@ def contact_mark_subscribed(*, contact: Contact, statement: str, evidence: Evide
         contact, kind=ConsentEvent.Kind.ADMIN, before=before, evidence=evidence,
         consent_text=statement, detail={"action": "mark-subscribed"},
     )  # fmt: skip
+    _welcome_owe_confirmed(contact)
     return contact
 
 
@@ -619,7 +650,39 @@ def contact_confirm(
         ]
     )  # fmt: skip
     _record(contact, kind=ConsentEvent.Kind.CONFIRM, before=before, evidence=evidence)
+    _welcome_owe_confirmed(contact)
     return contact
+
+
+def _welcome_owe_confirmed(contact: Contact) -> None:
+    """`contact` confirmed (or was marked subscribed): owe the welcome of the form its
+    latest signup came through, else of the store it is a customer of (a store's customer
+    asked by double opt-in is welcomed by that store once they confirm)."""
+    form = _confirmed_form(contact)
+    store = None
+    if form is None:
+        store = (
+            Store.objects.filter(customers__contact=contact, enabled=True)
+            .order_by("-customers__id")
+            .first()
+        )
+    welcome.welcome_owe(contact=contact, signup_form=form, store=store)
+
+
+def _confirmed_form(contact: Contact) -> SignupForm | None:
+    """The form of the signup a confirmation answers: the latest one through a form (an
+    imported contact who signs up later has none of its own), else the contact's."""
+    form_id = (
+        ConsentEvent.objects.filter(
+            contact_id=contact.pk, kind=ConsentEvent.Kind.SIGNUP, signup_form__isnull=False
+        )
+        .order_by("-created_at", "-id")
+        .values_list("signup_form_id", flat=True)
+        .first()
+    )
+    if form_id is None:
+        return contact.signup_form
+    return SignupForm.objects.filter(pk=form_id).first()
 
 
 def _close_request(contact: Contact) -> list[str]:

@@ -19,7 +19,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from audience import consent
+from audience import consent, welcome
 from audience.models import ConsentEvent, Contact, Store, SuppressedEmail, Tag
 from audience.services import (
     Evidence,
@@ -101,7 +101,8 @@ def contact_sync(
     An erased address (a SuppressedEmail) is refused (ERASED), unless the record carries
     an opt-in given after the erasure: then it is a new address, asked by double opt-in
     (a store's word is no proof the person who asked to be forgotten wants mail again).
-    `store`, when given, adds its tags and is where a welcome email would come from.
+    `store`, when given, adds its tags, and its welcome email (if turned on) is owed to a
+    contact this call subscribes.
     """
     now = timezone.now()
     # A source's clock is not ours to trust blindly: consent "from the future" would
@@ -162,6 +163,8 @@ def contact_sync(
         )  # fmt: skip
     if outcome.mail:
         _queue_confirmation()
+    if subscribed:
+        welcome.welcome_owe(contact=contact, store=store)
     return Synced(contact=contact, status_before=before, subscribed=subscribed, changed=changed)
 
 
@@ -189,7 +192,10 @@ def _create(
     _record_sync(contact, record, before="", evidence=evidence, at=at)
     if outcome.mail:
         _queue_confirmation()
-    return Synced(contact=contact, created=True, subscribed=status == Status.SUBSCRIBED)
+    subscribed = status == Status.SUBSCRIBED
+    if subscribed:
+        welcome.welcome_owe(contact=contact, store=store)
+    return Synced(contact=contact, created=True, subscribed=subscribed)
 
 
 def _replace_details(contact: Contact, record: Record) -> list[str]:

@@ -18,11 +18,14 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         # feedback connects the receiver for anymail's tracking webhooks.
-        from audience import branding
+        from audience import branding, welcome
         from campaigns import feedback, segment_rules  # noqa: F401
+        from campaigns.tasks import send_due_welcomes
 
         # The audience's segment vocabulary gains the rules that read Delivery rows.
         segment_rules.register()
         # The confirmation mail comes from the sender the owner set here; the audience
         # cannot import campaigns, so it is handed the way to read it.
         branding.brand_source_set(_sender_brand)
+        # The welcome email is owed by the audience and sent here, in the campaign layout.
+        welcome.welcome_sender_set(send_due_welcomes)

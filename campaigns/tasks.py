@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from campaigns import lifecycle, providers, sending
+from campaigns import lifecycle, providers, sending, welcome
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None)
@@ -66,3 +66,15 @@ def start_campaign(campaign_id: int, actor: str = "") -> None:
     from campaigns.models import Campaign
 
     lifecycle.campaign_start(campaign=Campaign.objects.get(pk=campaign_id), actor=actor)
+
+
+@shared_task(acks_late=True)
+def send_due_welcomes() -> int:
+    """Send owed welcome emails (campaigns.welcome): queued by audience.welcome.kick after
+    the subscription commits, and by beat every minute as the sweep. Safe to run twice and
+    on many workers at once: each row is claimed before it is sent, and a claim whose
+    worker died is given up on, never sent again."""
+    result = welcome.welcomes_send()
+    if result.more:
+        send_due_welcomes.delay()
+    return result.sent

@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "crispy_forms",
     "crispy_bootstrap5",
     "anymail",
+    "rest_framework",
+    "drf_spectacular",
     "config.apps.StillhereConfig",
     "audience",
     "campaigns",
@@ -206,6 +208,7 @@ CELERY_TASK_ROUTES = {
         "audience.tasks.send_due_confirmations",
         "audience.tasks.drain_signups",
         "audience.tasks.resume_stalled_imports",
+        "campaigns.tasks.send_due_welcomes",
     )
 }
 
@@ -262,6 +265,12 @@ CELERY_BEAT_SCHEDULE = {
     "audience-prune-store-webhooks": {
         "task": "audience.tasks.prune_store_webhooks",
         "schedule": 3600.0,
+    },
+    # The sweep for welcome emails a subscription's own kick missed (campaigns.welcome),
+    # and the claims of workers that died mid-send (given up on: never sent twice).
+    "campaigns-send-due-welcomes": {
+        "task": "campaigns.tasks.send_due_welcomes",
+        "schedule": 60.0,
     },
     "campaigns-start-due": {
         "task": "campaigns.tasks.start_due_campaigns",
@@ -597,6 +606,40 @@ IMPORT_MAX_UNCOMPRESSED_BYTES = env_int(
 )
 # An import that gives no sign of life for this long lost its worker and is resumed.
 IMPORT_STALL_SECONDS = env_int("IMPORT_STALL_SECONDS", 300, minimum=2)
+
+# --- REST API (/api/v1; config.api, config.api_access) ------------------------------
+# Calls per token (N/s, N/m, N/h, N/5m), counted in the cache (Redis in production).
+API_RATE = env_rate("API_RATE", "600/m")
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["config.api_access.BearerTokenAuthentication"],
+    # Each endpoint names the token flag it needs; one that forgot still needs a token.
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["config.api_access.TokenRateThrottle"],
+    # JSON in and out only: no browsable API, no form posts (nor their CSRF questions).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "config.api_errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Stillhere API",
+    "DESCRIPTION": (
+        "Contacts, tags and campaigns of one Stillhere. Authenticate with an API token "
+        "made in the admin: Authorization: Bearer <token>. Errors are JSON: 400 names "
+        'the fields ({"email": ["…"]}), 401 a missing or bad token, 403 a token '
+        "without the permission, 429 too many calls (see Retry-After)."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Request and response shapes apart: a read-only field (id) is not asked for.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api_errors.error_responses",
+    ],
+}
 
 if PHONE_DEFAULT_REGION not in phonenumbers.SUPPORTED_REGIONS:
     raise ImproperlyConfigured(

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
+from config import api
 from config.health import healthz
 from config.home import home
 from config.webhooks import tracking_urlpatterns
@@ -17,6 +18,7 @@ def build_urlpatterns(webhook_providers: list[str]) -> list:
         path("", include("audience.urls")),
         path("admin/", admin.site.urls),
         path("healthz", healthz, name="healthz"),
+        path("api/v1/", include((api.urlpatterns, "api"))),
         path("", home, name="home"),  # the admin's "View site"
         # Provider tracking webhooks, only those of the providers we send through
         # (config.webhooks); campaigns.feedback handles what they report.

@@ -6,7 +6,7 @@ from celery.signals import task_postrun
 from django.core.cache import cache
 from django.db import connections
 
-from audience import confirmations
+from audience import confirmations, welcome
 from bench.fake_esp import FakeESP
 from config.celery import app as celery_app
 
@@ -108,6 +108,7 @@ def sender(db):
 def _confirmation_kicks_forgotten():
     """Each test starts as a fresh web process would: no confirmation task queued yet."""
     confirmations._kicked["at"] = float("-inf")
+    welcome.welcome_forget_kicks()
 
 
 @pytest.fixture

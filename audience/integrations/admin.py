@@ -15,6 +15,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+# audience.admin imports this module at its end, once WELCOME_FIELDSET is defined.
+from audience.admin import WELCOME_FIELDSET
 from audience.models import Store, StorePrivacyRequest, StoreWebhook
 
 
@@ -54,7 +56,10 @@ class StoreForm(forms.ModelForm):
 
     class Meta:
         model = Store
-        fields = ["kind", "name", "domain", "secret", "tags", "confirm_unconsented", "enabled"]
+        fields = [
+            "kind", "name", "domain", "secret", "tags", "confirm_unconsented", "enabled",
+            "welcome_enabled", "welcome_subject", "welcome_body",
+        ]  # fmt: skip
 
     def clean_secret(self) -> str:
         secret = self.cleaned_data["secret"].strip()
@@ -85,6 +90,7 @@ class StoreAdmin(admin.ModelAdmin):
         return [
             (None, {"fields": ["kind", "name", "domain", *connect, "secret"]}),
             ("Customers", {"fields": ["tags", "confirm_unconsented", "enabled"]}),
+            WELCOME_FIELDSET,
             *([("What its webhooks did", {"fields": ["recent_webhooks"]})] if obj else []),
         ]
 

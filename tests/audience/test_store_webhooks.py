@@ -7,17 +7,11 @@ bytes sent, with the store's secret. A post that is not the store's changes noth
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import itertools
 import json
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from django.test import Client
-from django.urls import reverse
 
 from audience.models import (
     ConsentEvent,
@@ -30,21 +24,11 @@ from audience.models import (
 )
 from audience.services import Evidence, contact_unsubscribe
 from tests.factories import ContactFactory, TagFactory
+from tests.stores import SECRET, fixture, shopify_post, signature, store_url, woo_post
 
 pytestmark = pytest.mark.django_db
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "stores"
 Status = Contact.Status
-SECRET = "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"
-_ids = itertools.count(1)
-
-
-def _fixture(name: str) -> dict:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def _signature(secret: str, body: bytes) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
 @pytest.fixture
@@ -61,37 +45,6 @@ def woo():
     return Store.objects.create(kind=Store.Kind.WOOCOMMERCE, name="Woo", secret="woo-secret")
 
 
-def _url(store: Store) -> str:
-    return reverse("audience:store-webhook", args=[store.kind, store.key])
-
-
-def shopify_post(store, topic, payload, *, webhook_id=None, secret=None, headers=None, raw=None):
-    body = raw if raw is not None else json.dumps(payload).encode()
-    sent = {
-        "X-Shopify-Topic": topic,
-        "X-Shopify-Hmac-Sha256": _signature(secret or store.secret, body),
-        "X-Shopify-Shop-Domain": store.domain,
-        "X-Shopify-Webhook-Id": webhook_id or f"b54557e4-bdd9-4b37-8a5f-{next(_ids):012d}",
-        "X-Shopify-API-Version": "2025-10",
-        **(headers or {}),
-    }
-    return Client().post(_url(store), data=body, content_type="application/json", headers=sent)
-
-
-def woo_post(store, topic, payload, *, secret=None, delivery_id=None):
-    body = json.dumps(payload).encode()
-    headers = {
-        "X-WC-Webhook-Source": "https://woo.example.com/",
-        "X-WC-Webhook-Topic": topic,
-        "X-WC-Webhook-Resource": topic.split(".")[0],
-        "X-WC-Webhook-Event": topic.split(".")[1],
-        "X-WC-Webhook-Signature": _signature(secret or store.secret, body),
-        "X-WC-Webhook-ID": "7",
-        "X-WC-Webhook-Delivery-ID": delivery_id or str(next(_ids)),
-    }
-    return Client().post(_url(store), data=body, content_type="application/json", headers=headers)
-
-
 def _nothing_stored():
     assert not Contact.objects.exists()
     assert not StoreWebhook.objects.exists()
@@ -102,7 +55,7 @@ def _nothing_stored():
 
 
 def test_shopify_customer_is_added_with_the_consent_shopify_recorded(shop):
-    response = shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    response = shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     assert response.status_code == 200
     assert response.json() == {"outcome": "created (subscribed)"}
     contact = Contact.objects.get(email="bob@biller.com")
@@ -124,8 +77,8 @@ def test_shopify_customer_is_added_with_the_consent_shopify_recorded(shop):
 
 
 def test_shopify_unsubscribe_suppresses_the_contact(shop):
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
-    update = _fixture("shopify_customers_update_unsubscribed.json")
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
+    update = fixture("shopify_customers_update_unsubscribed.json")
     assert shopify_post(shop, "customers/update", update).status_code == 200
     contact = Contact.objects.get(email="bob@biller.com")
     assert contact.status == Status.UNSUBSCRIBED
@@ -135,9 +88,9 @@ def test_shopify_unsubscribe_suppresses_the_contact(shop):
 
 def test_an_older_update_delivered_late_does_not_win(shop):
     """Shopify does not promise order: the unsubscribe arrives first, then the create."""
-    update = _fixture("shopify_customers_update_unsubscribed.json")
+    update = fixture("shopify_customers_update_unsubscribed.json")
     shopify_post(shop, "customers/update", update)
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     contact = Contact.objects.get(email="bob@biller.com")
     assert contact.status == Status.UNSUBSCRIBED
     assert contact.first_name == "Robert"  # the create's "Bob" is older
@@ -145,7 +98,7 @@ def test_an_older_update_delivered_late_does_not_win(shop):
 
 
 def test_a_redelivered_webhook_changes_nothing(shop):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     first = shopify_post(shop, "customers/create", payload, webhook_id="w-1")
     contact = Contact.objects.get()
     contact_unsubscribe(contact=contact, evidence=Evidence(method="one-click"))
@@ -159,11 +112,11 @@ def test_a_redelivered_webhook_changes_nothing(shop):
 
 
 def test_shop_consent_older_than_an_unsubscribe_here_does_not_resubscribe(shop):
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     contact = Contact.objects.get()
     contact_unsubscribe(contact=contact, evidence=Evidence(method="one-click"))
     # An order later: Shopify sends the customer again, its consent as recorded back then.
-    order = {**_fixture("shopify_customers_create.json"), "updated_at": "2026-12-05T10:00:00Z"}
+    order = {**fixture("shopify_customers_create.json"), "updated_at": "2026-12-05T10:00:00Z"}
     shopify_post(shop, "customers/update", order)
     contact.refresh_from_db()
     assert contact.status == Status.UNSUBSCRIBED
@@ -171,7 +124,7 @@ def test_shop_consent_older_than_an_unsubscribe_here_does_not_resubscribe(shop):
 
 
 def test_shopify_pending_double_opt_in_is_kept_pending_and_not_mailed_by_us(shop, mailoutbox):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     payload["email_marketing_consent"] = {
         "state": "pending", "opt_in_level": "confirmed_opt_in", "consent_updated_at": None,
     }  # fmt: skip
@@ -192,7 +145,7 @@ def test_shopify_pending_double_opt_in_is_kept_pending_and_not_mailed_by_us(shop
 
 
 def test_customer_without_an_email_address_is_acknowledged_and_skipped(shop):
-    payload = {**_fixture("shopify_customers_create.json"), "email": None}
+    payload = {**fixture("shopify_customers_create.json"), "email": None}
     response = shopify_post(shop, "customers/create", payload)
     assert response.status_code == 200
     assert response.json() == {"outcome": "skipped: no valid email address"}
@@ -203,9 +156,9 @@ def test_customer_without_an_email_address_is_acknowledged_and_skipped(shop):
 
 
 def test_unsigned_post_is_refused_and_stores_nothing(shop):
-    body = json.dumps(_fixture("shopify_customers_create.json")).encode()
+    body = json.dumps(fixture("shopify_customers_create.json")).encode()
     response = Client().post(
-        _url(shop), data=body, content_type="application/json",
+        store_url(shop), data=body, content_type="application/json",
         headers={"X-Shopify-Topic": "customers/create", "X-Shopify-Webhook-Id": "w"},
     )  # fmt: skip
     assert response.status_code == 401
@@ -213,7 +166,7 @@ def test_unsigned_post_is_refused_and_stores_nothing(shop):
 
 
 def test_post_signed_with_another_secret_is_refused(shop):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     response = shopify_post(shop, "customers/create", payload, secret="not-the-secret")
     assert response.status_code == 401
     assert response.json() == {"error": "Bad signature."}
@@ -222,8 +175,8 @@ def test_post_signed_with_another_secret_is_refused(shop):
 
 def test_signature_over_other_bytes_is_refused(shop):
     """A forger who replays a real signature with an altered body."""
-    body = json.dumps(_fixture("shopify_customers_create.json")).encode()
-    signed = _signature(SECRET, body)
+    body = json.dumps(fixture("shopify_customers_create.json")).encode()
+    signed = signature(SECRET, body)
     tampered = body.replace(b"bob@biller.com", b"eve@evil.test")
     response = shopify_post(
         shop, "customers/create", None, raw=tampered, headers={"X-Shopify-Hmac-Sha256": signed}
@@ -233,7 +186,7 @@ def test_signature_over_other_bytes_is_refused(shop):
 
 
 def test_post_naming_another_shop_is_refused(shop):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     response = shopify_post(
         shop, "customers/create", payload, headers={"X-Shopify-Shop-Domain": "other.myshopify.com"}
     )
@@ -242,7 +195,7 @@ def test_post_naming_another_shop_is_refused(shop):
 
 
 def test_unknown_or_disabled_store_is_not_found(shop):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     key = shop.key
     shop.key = "no-such-store-key"
     assert shopify_post(shop, "customers/create", payload).status_code == 404
@@ -268,22 +221,22 @@ def test_oversized_body_is_refused_unread(shop):
 
 
 def test_missing_webhook_id_is_refused(shop):
-    payload = _fixture("shopify_customers_create.json")
+    payload = fixture("shopify_customers_create.json")
     response = shopify_post(shop, "customers/create", payload, headers={"X-Shopify-Webhook-Id": ""})
     assert response.status_code == 400
     _nothing_stored()
 
 
 def test_a_get_is_not_allowed(shop):
-    assert Client().get(_url(shop)).status_code == 405
+    assert Client().get(store_url(shop)).status_code == 405
 
 
 # --- Shopify's privacy webhooks -------------------------------------------------------------
 
 
 def test_customer_redact_erases_the_contact_as_the_admins_erase_does(shop):
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
-    response = shopify_post(shop, "customers/redact", _fixture("shopify_customers_redact.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
+    response = shopify_post(shop, "customers/redact", fixture("shopify_customers_redact.json"))
     assert response.json() == {"outcome": "erased"}
     assert not Contact.objects.exists()
     assert not ConsentEvent.objects.exists()
@@ -292,14 +245,14 @@ def test_customer_redact_erases_the_contact_as_the_admins_erase_does(shop):
     assert (request.topic, request.outcome) == ("customers/redact", "erased")
     assert request.completed_at is not None
     # The create, delivered again late under a new id: the erased address stays erased.
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     assert not Contact.objects.exists()
 
 
 def test_data_request_is_recorded_for_the_owner_and_changes_nothing(shop):
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     contact = Contact.objects.get()
-    payload = _fixture("shopify_customers_data_request.json")
+    payload = fixture("shopify_customers_data_request.json")
     response = shopify_post(shop, "customers/data_request", payload)
     assert response.status_code == 200
     request = StorePrivacyRequest.objects.get()
@@ -312,10 +265,10 @@ def test_data_request_is_recorded_for_the_owner_and_changes_nothing(shop):
 
 
 def test_shop_redact_erases_the_stores_customers_and_keeps_those_who_came_another_way(shop):
-    shopify_post(shop, "customers/create", _fixture("shopify_customers_create.json"))
+    shopify_post(shop, "customers/create", fixture("shopify_customers_create.json"))
     signed_up = ContactFactory(email="kept@example.com", source=Contact.Source.FORM)
     StoreCustomer.objects.create(store=shop, remote_id="42", contact=signed_up)
-    response = shopify_post(shop, "shop/redact", _fixture("shopify_shop_redact.json"))
+    response = shopify_post(shop, "shop/redact", fixture("shopify_shop_redact.json"))
     assert response.status_code == 200
     assert list(Contact.objects.values_list("email", flat=True)) == ["kept@example.com"]
     assert not StoreCustomer.objects.exists()
@@ -328,14 +281,14 @@ def test_shop_redact_erases_the_stores_customers_and_keeps_those_who_came_anothe
 
 def test_woocommerce_ping_is_answered_and_stores_nothing(woo):
     response = Client().post(
-        _url(woo), data=b"webhook_id=7", content_type="application/x-www-form-urlencoded"
+        store_url(woo), data=b"webhook_id=7", content_type="application/x-www-form-urlencoded"
     )
     assert response.status_code == 200
     _nothing_stored()
 
 
 def test_woocommerce_customer_is_kept_pending_and_not_mailed(woo, mailoutbox):
-    response = woo_post(woo, "customer.created", _fixture("woocommerce_customer_created.json"))
+    response = woo_post(woo, "customer.created", fixture("woocommerce_customer_created.json"))
     assert response.json() == {"outcome": "created (pending)"}
     contact = Contact.objects.get()
     assert (contact.email, contact.first_name, contact.phone) == (
@@ -353,7 +306,7 @@ def test_woocommerce_store_set_to_ask_sends_a_double_opt_in(
 ):
     Store.objects.filter(pk=woo.pk).update(confirm_unconsented=True)
     with django_capture_on_commit_callbacks(execute=True):
-        woo_post(woo, "customer.created", _fixture("woocommerce_customer_created.json"))
+        woo_post(woo, "customer.created", fixture("woocommerce_customer_created.json"))
     contact = Contact.objects.get()
     assert contact.status == Status.PENDING
     assert [m.to for m in mailoutbox] == [["john.doe@example.com"]]
@@ -361,28 +314,28 @@ def test_woocommerce_store_set_to_ask_sends_a_double_opt_in(
 
 
 def test_woocommerce_bad_signature_is_refused(woo):
-    payload = _fixture("woocommerce_customer_created.json")
+    payload = fixture("woocommerce_customer_created.json")
     response = woo_post(woo, "customer.created", payload, secret="guess")
     assert response.status_code == 401
     _nothing_stored()
 
 
 def test_woocommerce_older_update_does_not_overwrite_a_newer_one(woo):
-    newer = {**_fixture("woocommerce_customer_created.json"), "first_name": "Johnny"}
+    newer = {**fixture("woocommerce_customer_created.json"), "first_name": "Johnny"}
     newer["date_modified_gmt"] = "2026-11-25T08:00:00"
     woo_post(woo, "customer.updated", newer)
-    woo_post(woo, "customer.created", _fixture("woocommerce_customer_created.json"))
+    woo_post(woo, "customer.created", fixture("woocommerce_customer_created.json"))
     assert Contact.objects.get().first_name == "Johnny"
 
 
 def test_signature_is_checked_against_the_posting_platforms_header(shop, woo):
     """A Shopify-style signature posted to a WooCommerce store's URL is no signature."""
-    payload = _fixture("woocommerce_customer_created.json")
+    payload = fixture("woocommerce_customer_created.json")
     body = json.dumps(payload).encode()
     response = Client().post(
-        _url(woo), data=body, content_type="application/json",
+        store_url(woo), data=body, content_type="application/json",
         headers={
-            "X-Shopify-Hmac-Sha256": _signature(woo.secret, body),
+            "X-Shopify-Hmac-Sha256": signature(woo.secret, body),
             "X-WC-Webhook-Topic": "customer.created", "X-WC-Webhook-Delivery-ID": "1",
         },
     )  # fmt: skip

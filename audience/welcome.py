@@ -1,0 +1,106 @@
+"""The welcome email a contact is owed when it becomes subscribed: an outbox row
+(WelcomeEmail), written in the transaction that subscribes the contact.
+
+The audience services (a confirmed double opt-in, a single opt-in signup, an owner's
+"mark subscribed") and the store sync (audience.sync) call `welcome_owe`; the signup hot
+path on PostgreSQL writes the same row inside its one INSERT statement
+(services._contacts_insert_new). Only a form or store with its welcome turned on owes one,
+and a contact is owed at most one, ever: the row's unique contact makes a second
+subscription (after an unsubscribe, a repeated confirm) owe nothing.
+
+The sending is the campaigns app's (campaigns.welcome, with the campaign layout and the
+unsubscribe headers), and the audience must not import campaigns: campaigns hands in
+its task when it starts (`welcome_sender_set`, from campaigns.apps), and after commit
+`kick` queues it, as audience.confirmations does for the double opt-in mail: at most
+one publish per CONFIRMATION_BATCH_SECONDS per process, none while the broker is known
+to be down. The beat sweep sends whatever a lost kick left owed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.db import transaction
+
+from audience.models import Contact, SignupForm, Store, WelcomeEmail
+
+logger = logging.getLogger(__name__)
+
+_sender: dict = {}
+_kicked = {"at": float("-inf"), "broker_down_until": float("-inf")}
+_kick_lock = threading.Lock()
+# As audience.confirmations.BROKER_DOWN_SECONDS: the debt is in the database meanwhile.
+BROKER_DOWN_SECONDS = 30.0
+
+
+def welcome_sender_set(task) -> None:
+    """Say which Celery task sends owed welcomes (called once, by campaigns' ready())."""
+    _sender["task"] = task
+
+
+def welcome_owe(
+    *, contact: Contact, signup_form: SignupForm | None = None, store: Store | None = None
+) -> bool:
+    """`contact` has just become subscribed through `signup_form` or `store` (either may
+    be None). Records, in the caller's transaction, that its welcome email is owed if the
+    form or store has one turned on and the contact was never owed one; True if it now is.
+    The worker is kicked once the transaction commits."""
+    source = signup_form if signup_form is not None else store
+    if source is None or not source.welcome_enabled:
+        return False
+    if contact.status != Contact.Status.SUBSCRIBED:
+        return False  # only a subscribed contact is welcomed (and mailed at all)
+    # get_or_create, in its own savepoint: two subscriptions racing for one contact
+    # (one is locked out by the contact's row lock anyway) still write one row.
+    _, created = WelcomeEmail.objects.get_or_create(
+        contact_id=contact.pk,
+        defaults={"signup_form": signup_form, "store": store},
+    )
+    if created:
+        welcome_queue()
+    return created
+
+
+def welcome_queue() -> None:
+    """A welcome is owed in the transaction under way: have it sent once it commits."""
+    transaction.on_commit(kick)
+
+
+def kick() -> None:
+    """Have the welcome task run soon; cheap enough to call after every signup. Call it
+    after commit, so that the task finds the rows."""
+    task = _sender.get("task")
+    if task is None:
+        return  # campaigns not installed: nothing sends welcomes
+    every = settings.CONFIRMATION_BATCH_SECONDS
+    now = time.monotonic()
+    with _kick_lock:
+        if now < _kicked["broker_down_until"]:
+            return
+        if every and now - _kicked["at"] < every:
+            return  # a task is already on its way and will find this row too
+        _kicked["at"] = now
+    try:
+        # One attempt, no publish retries: the beat sweep is the retry.
+        task.apply_async(countdown=2 * every, retry=False)
+    except Exception:
+        # The row is committed and owed; the sweep sends it. Failing the signup that
+        # committed it would help nobody.
+        with _kick_lock:
+            _kicked["at"] = float("-inf")
+            _kicked["broker_down_until"] = time.monotonic() + BROKER_DOWN_SECONDS
+        logger.warning(
+            "Could not queue the welcome email; not trying again for %.0f s, the sweep will"
+            " send it",
+            BROKER_DOWN_SECONDS,
+            exc_info=True,
+        )
+
+
+def welcome_forget_kicks() -> None:
+    """Start as a fresh process does: no task queued yet (tests)."""
+    with _kick_lock:
+        _kicked["at"] = _kicked["broker_down_until"] = float("-inf")
