@@ -208,56 +208,41 @@ class ConsentEventInline(admin.TabularInline):
         )
 
 
-class WelcomeEmailInline(admin.TabularInline):
-    """The contact's welcome email (audience.welcome), beside its consent timeline: owed,
-    sent, in doubt (its worker stopped mid-send: never sent again) or skipped."""
+_WELCOME_STATES = {
+    WelcomeEmail.State.OWED: "Welcome email owed",
+    WelcomeEmail.State.SENDING: "Welcome email sending",
+    WelcomeEmail.State.SENT: "Welcome email sent",
+    WelcomeEmail.State.IN_DOUBT: "Welcome email in doubt (its worker stopped mid-send: never"
+    " sent again)",
+    WelcomeEmail.State.SKIPPED: "Welcome email skipped",
+    WelcomeEmail.State.FAILED: "Welcome email refused by the provider",
+}
 
-    model = WelcomeEmail
-    extra = 0
-    can_delete = False
-    verbose_name = verbose_name_plural = "Welcome email"
-    fields = ["created_at", "outcome", "source", "detail"]
-    readonly_fields = fields
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("signup_form", "store")
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    @admin.display(description="Welcome email")
-    def outcome(self, welcome: WelcomeEmail) -> str:
-        State = WelcomeEmail.State
-        text = {
-            State.OWED: "Welcome email owed",
-            State.SENDING: "Welcome email sending",
-            State.SENT: "Welcome email sent",
-            State.IN_DOUBT: "Welcome email in doubt",
-            State.SKIPPED: "Welcome email skipped (not subscribed)"
-            if welcome.error.startswith("Not sent: the contact was no longer subscribed")
-            else "Welcome email skipped",
-            State.FAILED: "Welcome email refused by the provider",
-        }[welcome.state]
-        when = welcome.sent_at or welcome.claimed_at
-        if when is None:
-            return format_html("<strong>{}</strong>", text)
-        return format_html("<strong>{}</strong><br>{}", text, date_format(when, "DATETIME_FORMAT"))
-
-    @admin.display(description="From")
-    def source(self, welcome: WelcomeEmail) -> str:
-        if welcome.signup_form_id:
-            return f"form: {welcome.signup_form}"
-        if welcome.store_id:
-            return f"store: {welcome.store}"
-        return "-"
-
-    @admin.display(description="Detail")
-    def detail(self, welcome: WelcomeEmail) -> str:
-        lines = [line for line in (welcome.error, welcome.message_id) if line]
-        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) or "-"
+def welcome_summary(welcome: WelcomeEmail | None) -> str:
+    """The contact's welcome email (audience.welcome) for its page: what became of it,
+    when, where it came from, and the provider's answer or id."""
+    if welcome is None:
+        return "None owed (no welcome turned on where they subscribed, or not subscribed)"
+    text = _WELCOME_STATES[welcome.state]
+    if welcome.state == WelcomeEmail.State.SKIPPED and welcome.error.startswith(
+        "Not sent: the contact was no longer subscribed"
+    ):
+        text = "Welcome email skipped (not subscribed)"
+    if welcome.signup_form_id:
+        source = f"form: {welcome.signup_form}"
+    elif welcome.store_id:
+        source = f"store: {welcome.store}"
+    else:
+        source = "-"
+    when = welcome.sent_at or welcome.claimed_at or welcome.created_at
+    lines = [date_format(when, "DATETIME_FORMAT"), source]
+    lines += [line for line in (welcome.error, welcome.message_id) if line]
+    return format_html(
+        "<strong>{}</strong><br>{}",
+        text,
+        format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)),
+    )
 
 
 class TagFilter(admin.SimpleListFilter):
@@ -296,10 +281,11 @@ class ContactAdmin(admin.ModelAdmin):
     action_form = TagActionForm
     actions = ["tag_selected", "untag_selected", "unsubscribe_selected", "export_selected"]
     readonly_fields = ["status", "source_label", "signup_form", "created_at", "updated_at",
-                       "confirmed_at", "unsubscribed_at", "gdpr", "consent_actions"]  # fmt: skip
+                       "confirmed_at", "unsubscribed_at", "welcome", "gdpr",
+                       "consent_actions"]  # fmt: skip
     fields = ["email", "first_name", "last_name", "phone", "tags", "attributes", *readonly_fields]
     filter_horizontal = ["tags"]
-    inlines = [WelcomeEmailInline, ConsentEventInline]
+    inlines = [ConsentEventInline]
     form = ContactAdminForm
 
     def get_search_results(self, request, queryset, search_term):
@@ -341,6 +327,11 @@ class ContactAdmin(admin.ModelAdmin):
         # The tags went with the service's write (save_model); only the inlines are left.
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
+
+    @admin.display(description="Welcome email")
+    def welcome(self, obj: Contact) -> str:
+        found = WelcomeEmail.objects.select_related("signup_form", "store")
+        return welcome_summary(found.filter(contact_id=obj.pk).first())
 
     @admin.display(description="Personal data")
     def gdpr(self, obj: Contact | None) -> str:

@@ -65,6 +65,11 @@ class ConsentEventDataSerializer(serializers.Serializer):
     detail = serializers.DictField()
 
 
+class StoreCustomerDataSerializer(serializers.Serializer):
+    store = serializers.CharField()
+    customer_id = serializers.CharField()
+
+
 class ContactPersonalDataSerializer(serializers.Serializer):
     """Describes (for the schema) what selectors.contact_personal_data gives."""
 
@@ -80,6 +85,10 @@ class ContactPersonalDataSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     confirmed_at = serializers.DateTimeField(allow_null=True)
     unsubscribed_at = serializers.DateTimeField(allow_null=True)
+    sms_consent = serializers.CharField(allow_blank=True)
+    sms_consent_at = serializers.DateTimeField(allow_null=True)
+    sms_opt_in_level = serializers.CharField(allow_blank=True)
+    store_customers = StoreCustomerDataSerializer(many=True)
     consent_events = ConsentEventDataSerializer(many=True)
 
 

@@ -53,6 +53,16 @@ def contact_personal_data(contact: Contact) -> dict:
         "created_at": contact.created_at,
         "confirmed_at": contact.confirmed_at,
         "unsubscribed_at": contact.unsubscribed_at,
+        "sms_consent": contact.sms_consent,
+        "sms_consent_at": contact.sms_consent_at,
+        "sms_opt_in_level": contact.sms_opt_in_level,
+        # Which connected stores know the person, and as which of their customers.
+        "store_customers": [
+            {"store": store, "customer_id": remote_id}
+            for store, remote_id in contact.store_customers.order_by("id").values_list(
+                "store__name", "remote_id"
+            )
+        ],
         "consent_events": [
             {
                 "at": event.created_at,

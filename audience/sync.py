@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audience import consent, welcome
@@ -121,7 +121,16 @@ def contact_sync(
     incoming = consent.Incoming(via=consent.Via.SYNC, ask=ask, at=at)
     contact = Contact.objects.select_for_update().filter(email=record.email).first()
     if contact is None:
-        return _create(record, incoming, evidence=evidence, source=source, store=store, now=now)
+        try:
+            with transaction.atomic():  # a savepoint: what it wrote goes if it fails
+                return _create(
+                    record, incoming, evidence=evidence, source=source, store=store, now=now
+                )
+        except IntegrityError:
+            # Another call (a second webhook about the same customer, an API client's
+            # retry) created the address since we looked, and committed: its insert held
+            # ours until then. Apply this record to that contact, as if it came second.
+            contact = Contact.objects.select_for_update().get(email=record.email)
     before = contact.status
     outcome = consent.decide(
         _sync_state(contact), incoming, now=now, resend_window=_resend_window()

@@ -26,7 +26,7 @@ from audience import exporting, importing
 from audience.importing.consent_note import consent_note
 from audience.importing.jobs import INSPECT_LINES
 from audience.importing.profiles import BY_KEY, GENERIC, default_mapping
-from audience.models import Contact, ImportJob, Segment
+from audience.models import Contact, ImportJob, Segment, SignupForm
 from audience.segments import segment_contacts
 
 EXPORT_PERMISSION = "audience.export_contact"
@@ -69,6 +69,15 @@ class OptionsForm(forms.Form):
         label="Columns Stillhere does not know",
         choices=[("attribute", "Keep as attributes"), ("ignore", "Ignore")],
         widget=forms.RadioSelect,
+    )
+    welcome_form = forms.ModelChoiceField(
+        label="Welcome email",
+        queryset=SignupForm.objects.filter(welcome_enabled=True).order_by("name"),
+        required=False,
+        empty_label="None: the import welcomes nobody",
+        help_text="Send the welcome email of this signup form to each contact the import "
+        "subscribes (never to one already welcomed, nor to anyone not subscribed when it "
+        "is sent). Most lists moved from another tool were welcomed there already.",
     )
 
 

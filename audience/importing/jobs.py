@@ -75,7 +75,7 @@ from audience.importing.upsert import (
     import_chunk,
     stored_attributes,
 )
-from audience.models import ImportJob
+from audience.models import ImportJob, SignupForm
 from audience.services import clean_text
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,22 @@ def clean_options(raw: dict) -> dict:
         raise ValueError(f"new_status must be one of {', '.join(NEW_STATUS_CHOICES)}")
     if unknown not in {"attribute", "ignore"}:
         raise ValueError("unknown must be 'attribute' or 'ignore'")
+    chosen = raw.get("welcome_form") or None
+    welcome_form = getattr(chosen, "pk", chosen)  # a form (the admin's) or its id
+    if welcome_form is not None:
+        if not SignupForm.objects.filter(pk=welcome_form, welcome_enabled=True).exists():
+            raise ValueError("The welcome email must be one a signup form has turned on.")
+        if new_status not in {"file", "consent"}:
+            raise ValueError(
+                "A welcome email goes only to contacts the import subscribes: choose "
+                "“Follow the file” or “Subscribed” for new contacts."
+            )
     return {
         "tags": [t for t in dict.fromkeys(tags) if t],
         "source": clean_text(str(raw.get("source") or ""), max_length=100, field="source"),
         "new_status": new_status,
         "unknown": unknown,
+        "welcome_form": welcome_form,
     }
 
 
@@ -224,6 +235,7 @@ def _context(job: ImportJob, *, actor: str = "") -> ImportContext:
         tag_names=tuple(options.get("tags", [])),
         file_name=job.original_name,
         file_proves_consent=proves_consent(job.columns, job.mapping, profile),
+        welcome_form_id=options.get("welcome_form"),
     )
 
 

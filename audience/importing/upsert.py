@@ -37,10 +37,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from psycopg import errors as psycopg_errors
 
-from audience import consent, services
+from audience import consent, services, welcome
 from audience.exporting import LABEL_KEY
 from audience.importing.rows import Record
-from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag
+from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag, WelcomeEmail
 
 Status = Contact.Status
 SUPPRESSED = {str(s) for s in services.SUPPRESSED}
@@ -65,6 +65,9 @@ class ImportContext:
     # The file's consent columns are its platform's own (profiles.proves_consent): the
     # "file" mode subscribes on their evidence, and only then.
     file_proves_consent: bool = False
+    # The signup form whose welcome email a contact this import subscribes is owed (the
+    # owner's choice; None: an import welcomes nobody).
+    welcome_form_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -501,6 +504,7 @@ def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.dateti
     links: list[tuple[int, int]] = []
     events: list[tuple] = []
     confirm: list[int] = []
+    subscribed: list[int] = []  # now subscribed by this import: owed its welcome, if any
     for item in plan.new:
         contact_id = ids.get(item.record.email)
         if contact_id is None:
@@ -513,6 +517,8 @@ def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.dateti
         events.append((contact_id, "", str(item.status), item.record))
         if item.send_confirmation:
             confirm.append(contact_id)
+        if item.status == Status.SUBSCRIBED:
+            subscribed.append(contact_id)
     status_changed = _update(plan.changes, now=now)
     for change in plan.changes:
         links.extend((change.contact_id, t) for t in change.new_tag_ids)
@@ -520,10 +526,27 @@ def write_plan(plan: Plan, *, ctx: ImportContext, tags: TagCache, now: dt.dateti
             events.append(
                 (change.contact_id, change.status_before, str(change.status_after), change.record)
             )
+            if change.status_after == Status.SUBSCRIBED:
+                subscribed.append(change.contact_id)
     _link_tags(fresh_links, fresh=True)
     _link_tags(links, fresh=False)
     _events(events, ctx=ctx, now=now)
+    _owe_welcomes(subscribed, ctx=ctx, now=now)
     return confirm
+
+
+def _owe_welcomes(contact_ids: list[int], *, ctx: ImportContext, now: dt.datetime) -> None:
+    """The contacts this chunk subscribed are owed the chosen form's welcome, as a form
+    signup would owe it: one row each, none for a contact ever owed one."""
+    if ctx.welcome_form_id is None or not contact_ids:
+        return
+    rows = [
+        WelcomeEmail(contact_id=pk, signup_form_id=ctx.welcome_form_id, created_at=now)
+        for pk in contact_ids
+    ]
+    for batch in _batches(rows):
+        WelcomeEmail.objects.bulk_create(batch, ignore_conflicts=True)
+    welcome.welcome_queue()
 
 
 def _replan_taken(

@@ -10,8 +10,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from audience.models import ConsentEvent, Contact, SuppressedEmail, Tag
+from audience.models import ConsentEvent, Contact, Store, StoreCustomer, SuppressedEmail, Tag
 from audience.services import Evidence, contact_unsubscribe
 from tests.factories import ContactFactory, TagFactory
 
@@ -231,8 +232,14 @@ def test_tags_need_a_list_of_names(api):
 
 
 def test_export_holds_the_contact_and_its_consent_events(api):
-    contact = ContactFactory(email="ada@example.com", phone="+14155550100")
+    sms_at = timezone.now() - timedelta(days=2)
+    contact = ContactFactory(
+        email="ada@example.com", phone="+14155550100",
+        sms_consent="subscribed", sms_consent_at=sms_at, sms_opt_in_level="single_opt_in",
+    )  # fmt: skip
     contact.tags.add(TagFactory(name="vip"))
+    store = Store.objects.create(kind=Store.Kind.SHOPIFY, name="Ada's shop", secret="s")
+    StoreCustomer.objects.create(store=store, remote_id="706405506930370084", contact=contact)
     contact_unsubscribe(contact=contact, evidence=Evidence(method="one-click", ip="192.0.2.1"))
     response = api.get(f"{CONTACTS}{contact.pk}/export/")
     assert response.status_code == 200
@@ -240,6 +247,9 @@ def test_export_holds_the_contact_and_its_consent_events(api):
     assert (data["email"], data["phone"], data["tags"], data["status"]) == (
         "ada@example.com", "+14155550100", ["vip"], "unsubscribed",
     )  # fmt: skip
+    assert (data["sms_consent"], data["sms_opt_in_level"]) == ("subscribed", "single_opt_in")
+    assert parse_datetime(data["sms_consent_at"]) == sms_at
+    assert data["store_customers"] == [{"store": "Ada's shop", "customer_id": "706405506930370084"}]
     [event] = data["consent_events"]
     assert (event["kind"], event["method"], event["ip"]) == (
         "unsubscribe",

@@ -13,8 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audience import importing
-from audience.models import Contact, ImportJob
+from audience.models import Contact, ImportJob, WelcomeEmail
 from campaigns.models import OutboxMessage
+from tests.factories import SignupFormFactory
 from tests.polling import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "imports"
@@ -77,7 +78,8 @@ def test_upload_shows_a_preview_then_runs_with_progress_and_summary(
     job.refresh_from_db()
     assert job.status == "queued"
     assert job.options == {"tags": ["spring", "vip"], "source": "spring",
-                           "new_status": "consent", "unknown": "attribute"}  # fmt: skip
+                           "new_status": "consent", "unknown": "attribute",
+                           "welcome_form": None}  # fmt: skip
 
     importing.run_job(job.pk)  # what the worker does (the worker test below runs it for real)
     state = admin_client_.get(
@@ -104,6 +106,32 @@ def test_upload_shows_a_preview_then_runs_with_progress_and_summary(
     assert "broken-address" in body and "invalid email address" in body
     progress = admin_client_.get(reverse("admin:audience_importjob_progress", args=[job.pk]))
     assert b'id="bar"' in progress.content
+
+
+@pytest.mark.django_db
+def test_an_import_can_owe_a_form_welcome_to_whom_it_subscribes(admin_client_):
+    greeted = SignupFormFactory(
+        name="Newsletter", welcome_enabled=True, welcome_subject="Hi", welcome_body="Hi"
+    )
+    SignupFormFactory(name="Quiet form")  # no welcome: not offered
+    _upload(admin_client_, "mailchimp_subscribed.csv")
+    job = ImportJob.objects.get()
+    preview = reverse("admin:audience_importjob_preview", args=[job.pk])
+    page = admin_client_.get(preview).content.decode()
+    assert f'<option value="{greeted.pk}">Newsletter</option>' in page
+    assert "Quiet form" not in page
+    refused = admin_client_.post(
+        preview, _start_data(job, new_status="pending", welcome_form=greeted.pk)
+    )
+    assert "only to contacts the import subscribes" in refused.content.decode()
+    assert ImportJob.objects.get().status == ImportJob.Status.UPLOADED
+    admin_client_.post(preview, _start_data(job, new_status="consent", welcome_form=greeted.pk))
+    importing.run_job(job.pk)
+    owed = WelcomeEmail.objects.filter(signup_form=greeted)
+    assert set(owed.values_list("contact__email", flat=True)) == set(
+        Contact.objects.filter(status=Contact.Status.SUBSCRIBED).values_list("email", flat=True)
+    )
+    assert owed.exists()
 
 
 @pytest.mark.django_db

@@ -7,9 +7,11 @@ when an opted-out contact is stated as subscribed, and erased addresses.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.test import TestCase
 from django.utils import timezone
 
@@ -18,6 +20,7 @@ from audience.models import ConsentEvent, Contact, Store, SuppressedEmail
 from audience.services import Evidence, contact_erase, contact_unsubscribe
 from audience.sync import Record, SmsState, contact_sync
 from tests.factories import ContactFactory, TagFactory
+from tests.polling import wait_for
 
 # Eager: what the owed confirmation mail holds is checked here, its way through a worker
 # in test_confirmations.py.
@@ -203,3 +206,69 @@ def test_erased_address_that_opted_in_again_since_is_asked_to_confirm(mailoutbox
     assert synced.contact.status == Status.PENDING and not synced.subscribed
     assert [m.to for m in mailoutbox] == [[contact.email]]
     assert not SuppressedEmail.objects.exists()
+
+
+def _blocked_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite has one writer at a time: two creates cannot be in flight at once",
+)
+@pytest.mark.django_db(transaction=True)
+def test_two_first_statements_racing_about_one_new_address_make_one_contact_with_both():
+    """Two webhooks (or API calls) about a customer nobody has stored yet, at once: the
+    second's insert waits on the first's, then applies to the contact the first made."""
+    email, results, errors = "race@example.com", {}, []
+    first_inserted, first_may_commit = threading.Event(), threading.Event()
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = contact_sync(
+                    record=Record(email=email, ask=Ask.STORE), evidence=EVIDENCE
+                )
+                first_inserted.set()
+                first_may_commit.wait(10)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def second():
+        try:
+            results["second"] = contact_sync(
+                record=Record(
+                    email=email,
+                    ask=Ask.SUBSCRIBE,
+                    first_name="Ada",
+                    consent_at=timezone.now() - timedelta(minutes=1),
+                ),
+                evidence=EVIDENCE,
+            )
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_inserted.wait(10)
+    threads[1].start()
+    assert wait_for(_blocked_on_a_lock, timeout=10)  # the second insert waits on the first
+    first_may_commit.set()
+    for thread in threads:
+        thread.join(15)
+    assert errors == []
+    assert results["first"].created and not results["second"].created
+    contact = Contact.objects.get(email=email)
+    assert (contact.status, contact.first_name) == (Status.SUBSCRIBED, "Ada")
+    assert [e.status_after for e in contact.consent_events.order_by("id")] == [
+        Status.PENDING, Status.SUBSCRIBED,
+    ]  # fmt: skip

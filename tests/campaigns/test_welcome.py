@@ -3,7 +3,9 @@ fake Mailgun on loopback: once per contact, only to the subscribed, never twice.
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,7 +14,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from audience import services, welcome
+from audience import importing, services, welcome
 from audience.models import Contact, Store, WelcomeEmail
 from audience.tokens import contact_url, read_token
 from campaigns.tasks import send_due_welcomes
@@ -370,3 +372,58 @@ def test_the_signup_statement_and_its_welcome_roll_back_together(welcome_form):
         raise Rollback
     assert not WelcomeEmail.objects.exists()
     assert not Contact.objects.filter(email="ghost@example.com").exists()
+
+
+# --- imports ----------------------------------------------------------------------------
+
+SHOPIFY_EXPORT = (
+    Path(__file__).resolve().parent.parent / "fixtures" / "imports" / ("shopify_customers.csv")
+)
+
+
+def _import(media, **options):
+    data = SHOPIFY_EXPORT.read_bytes()
+    job = importing.job_create(f=io.BytesIO(data), name="customers_export.csv", size=len(data))
+    job = importing.job_start(job=job, options=options, dispatch=False)
+    return importing.run_job(job.pk)
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+def test_an_import_welcomes_only_whom_it_subscribes_and_only_when_asked(
+    esp, shop, welcome_form, media
+):
+    ContactFactory(email="uma@example.com")  # subscribed before: not welcomed by an import
+    _import(media, new_status="consent")  # no welcome chosen: nobody is owed one
+    assert not WelcomeEmail.objects.exists()
+    Contact.objects.exclude(email="uma@example.com").delete()
+    _import(media, new_status="consent", welcome_form=welcome_form.pk)
+    _import(media, new_status="consent", welcome_form=welcome_form.pk)  # the same file again
+    assert set(WelcomeEmail.objects.values_list("contact__email", flat=True)) == {
+        "ines@example.com"  # accepts email marketing; tom@ declined, so is only stored
+    }
+    assert send_due_welcomes.apply().get() == 1
+    assert [m["to"] for m in _welcomes(esp)] == ["ines@example.com"]
+
+
+@pytest.mark.parametrize(
+    ("new_status", "welcome_on", "message"),
+    [
+        ("pending", True, "only to contacts the import subscribes"),
+        ("consent", False, "one a signup form has turned on"),
+    ],
+)
+def test_an_import_welcome_that_cannot_be_sent_is_refused_before_it_runs(
+    media, new_status, welcome_on, message
+):
+    form = SignupFormFactory(welcome_enabled=welcome_on, welcome_subject="Hi", welcome_body="Hi")
+    data = SHOPIFY_EXPORT.read_bytes()
+    job = importing.job_create(f=io.BytesIO(data), name="customers_export.csv", size=len(data))
+    with pytest.raises(ValueError, match=message):
+        importing.job_start(
+            job=job, options={"new_status": new_status, "welcome_form": form.pk}, dispatch=False
+        )
+    assert not Contact.objects.exists()
