@@ -10,10 +10,9 @@ its CPU (bench/signup.py), and a web process that dies between commit and publis
 lose the mail for good. Here each web process publishes at most one task per
 CONFIRMATION_BATCH_SECONDS, delayed by twice that so the signups it covers have
 committed; the beat sweep (every minute) sends whatever a lost or early task missed.
-When the broker is down, the first kick that finds out says so and the process stops
-trying for BROKER_DOWN_SECONDS: a signup then costs no broker round trip at all, instead
-of a failed connection per request (0.7 s each, measured), and the sweep sends the mail
-once the broker is back.
+When the broker is down, the process stops trying for a while (audience.kicks): a
+signup then costs no broker round trip at all, and the sweep sends the mail once the
+broker is back.
 
 Sending is at-least-once: on PostgreSQL each contact is locked (SKIP LOCKED, so workers
 share the work), mailed and cleared in one short transaction; a worker that dies
@@ -23,8 +22,6 @@ mid-mail leaves the flag set and the mail goes again.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -33,50 +30,20 @@ from django.utils import timezone
 
 from audience import emails
 from audience.branding import Brand, brand_current
+from audience.kicks import Kick
 from audience.models import Contact
 
 logger = logging.getLogger(__name__)
 
-_kicked = {"at": float("-inf"), "broker_down_until": float("-inf")}
-_kick_lock = threading.Lock()
 
-# How long a process leaves the broker alone after a publish failed. The debt is in the
-# database, so nothing is lost meanwhile; longer only delays the mail after an outage,
-# shorter costs more visitors a failed connection attempt while it lasts.
-BROKER_DOWN_SECONDS = 30.0
-
-
-def kick() -> None:
-    """Have `send_due_confirmations` run soon; cheap enough to call after every signup.
-
-    Call it after commit (`transaction.on_commit(kick)`), so the task finds the rows.
-    """
+def _confirmations_task():
     from audience.tasks import send_due_confirmations
 
-    every = settings.CONFIRMATION_BATCH_SECONDS
-    now = time.monotonic()
-    with _kick_lock:
-        if now < _kicked["broker_down_until"]:
-            return  # the broker failed a moment ago; the sweep sends this mail later
-        if every and now - _kicked["at"] < every:
-            return  # a task is already on its way and will find this contact too
-        _kicked["at"] = now
-    try:
-        # One attempt, no publish retries: the sweep is the retry, and a visitor is waiting.
-        send_due_confirmations.apply_async(countdown=2 * every, retry=False)
-    except Exception:
-        # The contact is stored and owed its mail; the beat sweep will send it. Failing
-        # the visitor's signup now (it has committed) would help nobody, and neither would
-        # making every following visitor wait for the same dead broker.
-        with _kick_lock:
-            _kicked["at"] = float("-inf")
-            _kicked["broker_down_until"] = time.monotonic() + BROKER_DOWN_SECONDS
-        logger.warning(
-            "Could not queue confirmation mail; not trying again for %.0f s, the sweep will"
-            " send it",
-            BROKER_DOWN_SECONDS,
-            exc_info=True,
-        )
+    return send_due_confirmations
+
+
+# Have `send_due_confirmations` run soon; cheap enough to call after every signup.
+kick = Kick(_confirmations_task, what="confirmation mail")
 
 
 def send_due(*, limit: int = 500) -> tuple[int, bool]:

@@ -19,21 +19,19 @@ to be down. The beat sweep sends whatever a lost kick left owed.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
-from django.conf import settings
 from django.db import transaction
 
+from audience.kicks import Kick
 from audience.models import Contact, SignupForm, Store, WelcomeEmail
 
 logger = logging.getLogger(__name__)
 
 _sender: dict = {}
-_kicked = {"at": float("-inf"), "broker_down_until": float("-inf")}
-_kick_lock = threading.Lock()
-# As audience.confirmations.BROKER_DOWN_SECONDS: the debt is in the database meanwhile.
-BROKER_DOWN_SECONDS = 30.0
+
+# Have the welcome task run soon; cheap enough to call after every signup (after commit,
+# so that the task finds the rows).
+kick = Kick(lambda: _sender.get("task"), what="the welcome email")
 
 
 def welcome_sender_set(task) -> None:
@@ -67,40 +65,3 @@ def welcome_owe(
 def welcome_queue() -> None:
     """A welcome is owed in the transaction under way: have it sent once it commits."""
     transaction.on_commit(kick)
-
-
-def kick() -> None:
-    """Have the welcome task run soon; cheap enough to call after every signup. Call it
-    after commit, so that the task finds the rows."""
-    task = _sender.get("task")
-    if task is None:
-        return  # campaigns not installed: nothing sends welcomes
-    every = settings.CONFIRMATION_BATCH_SECONDS
-    now = time.monotonic()
-    with _kick_lock:
-        if now < _kicked["broker_down_until"]:
-            return
-        if every and now - _kicked["at"] < every:
-            return  # a task is already on its way and will find this row too
-        _kicked["at"] = now
-    try:
-        # One attempt, no publish retries: the beat sweep is the retry.
-        task.apply_async(countdown=2 * every, retry=False)
-    except Exception:
-        # The row is committed and owed; the sweep sends it. Failing the signup that
-        # committed it would help nobody.
-        with _kick_lock:
-            _kicked["at"] = float("-inf")
-            _kicked["broker_down_until"] = time.monotonic() + BROKER_DOWN_SECONDS
-        logger.warning(
-            "Could not queue the welcome email; not trying again for %.0f s, the sweep will"
-            " send it",
-            BROKER_DOWN_SECONDS,
-            exc_info=True,
-        )
-
-
-def welcome_forget_kicks() -> None:
-    """Start as a fresh process does: no task queued yet (tests)."""
-    with _kick_lock:
-        _kicked["at"] = _kicked["broker_down_until"] = float("-inf")

@@ -107,8 +107,8 @@ def sender(db):
 @pytest.fixture(autouse=True)
 def _confirmation_kicks_forgotten():
     """Each test starts as a fresh web process would: no confirmation task queued yet."""
-    confirmations._kicked["at"] = float("-inf")
-    welcome.welcome_forget_kicks()
+    confirmations.kick.forget()
+    welcome.kick.forget()
 
 
 @pytest.fixture
