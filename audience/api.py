@@ -1,4 +1,4 @@
-"""/api/v1 endpoints for contacts and tags (mounted by config.api).
+"""/api/v1 endpoints for contacts, tags and signups (mounted by config.api).
 
 Thin: each endpoint checks its input and calls the same services the admin and the
 imports do, so the API follows the same consent rules. A contact is created or updated
@@ -17,12 +17,14 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audience import evidence, selectors, services
 from audience.consent import Ask
-from audience.models import Contact, Tag
+from audience.forms import PublicSignupForm
+from audience.models import ConsentEvent, Contact, Tag
 from audience.sync import Record, contact_sync
 from config.api_access import CanReadContacts, CanWriteContacts
 from config.api_errors import Problem
@@ -355,3 +357,136 @@ class TagViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     pagination_class = TagCursor
     permission_classes = [CanReadContacts]
     queryset = Tag.objects.all()
+
+
+# --- signups --------------------------------------------------------------------------
+
+
+class SignupSerializer(serializers.Serializer):
+    """A person signing up through one of your forms, posted by your server (a headless
+    storefront, an app, a till). The form's own fields and rules apply (required names,
+    its consent checkbox), and its double opt-in, tags and welcome email."""
+
+    form = serializers.CharField(
+        max_length=32, help_text="The signup form's public key (the key in its snippets)."
+    )
+    email = serializers.CharField(max_length=320)
+    first_name = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+    last_name = serializers.CharField(required=False, allow_blank=True, max_length=1000)
+    phone = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    consent = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="The person ticked the form's consent box (required when the form has "
+        "one); its text is stored with the signup.",
+    )
+    ip = serializers.IPAddressField(
+        required=False,
+        allow_null=True,
+        help_text="The person's IP address as your server saw it, kept as evidence.",
+    )
+    user_agent = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
+class SignupAcceptedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    double_opt_in = serializers.BooleanField()
+
+
+class SignupEventSerializer(serializers.ModelSerializer):
+    """A signup as its consent event records it."""
+
+    email = serializers.CharField(source="contact.email")
+    contact = serializers.IntegerField(source="contact_id")
+    form = serializers.CharField(source="signup_form.public_key", allow_null=True)
+    at = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = ConsentEvent
+        fields = ["id", "at", "contact", "email", "form", "method", "status_before",
+                  "status_after", "consent_text"]  # fmt: skip
+        read_only_fields = fields
+
+
+class SignupFilterSerializer(serializers.Serializer):
+    form = serializers.CharField(required=False, max_length=32, help_text="A form's key.")
+    created_after = serializers.DateTimeField(required=False)
+
+
+class SignupViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    serializer_class = SignupEventSerializer
+    pagination_class = Cursor
+
+    def get_permissions(self):
+        return [CanReadContacts() if self.action == "list" else CanWriteContacts()]
+
+    def get_queryset(self):
+        return ConsentEvent.objects.filter(kind=ConsentEvent.Kind.SIGNUP).select_related(
+            "contact", "signup_form"
+        )
+
+    def filter_queryset(self, queryset):
+        filters = SignupFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        given = filters.validated_data
+        if "form" in given:
+            queryset = queryset.filter(signup_form__public_key=given["form"])
+        if "created_after" in given:
+            queryset = queryset.filter(created_at__gt=given["created_after"])
+        return queryset
+
+    @extend_schema(parameters=[SignupFilterSerializer])
+    def list(self, request, *args, **kwargs):
+        """Signups through your forms (and the API), newest first, a page at a time."""
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=SignupSerializer,
+        responses={
+            202: OpenApiResponse(SignupAcceptedSerializer, description="Taken"),
+            404: OpenApiResponse(Problem, description="No enabled form has this key"),
+        },
+    )
+    def create(self, request):
+        """Sign a person up through one of your forms, as its public form would: a new
+        address is stored pending and sent the double opt-in email (or subscribed at once
+        if the form is single opt-in); a known one is treated as signing up again (it is
+        never re-subscribed without its owner's click)."""
+        given = SignupSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        data = given.validated_data
+        signup_form = selectors.signup_form_active(data["form"])
+        if signup_form is None:
+            raise NotFound("No enabled signup form has this key (`form`).")
+        # The form's own rules: the same fields, required ones and messages as its page.
+        fields = {k: data[k] for k in ("email", "first_name", "last_name", "phone") if k in data}
+        if data["consent"]:
+            fields["consent"] = "on"
+        form = PublicSignupForm(fields, signup_form=signup_form)
+        if not form.is_valid():
+            raise serializers.ValidationError(form.errors_json())
+        cleaned = form.cleaned_data
+        person = services.Evidence(
+            method="api",
+            ip=data.get("ip"),
+            user_agent=data.get("user_agent", ""),
+            actor=request.auth.actor,
+        )
+        with transaction.atomic():
+            services.contact_subscribe(
+                form=signup_form,
+                email=cleaned["email"],
+                first_name=cleaned.get("first_name", ""),
+                last_name=cleaned.get("last_name", ""),
+                phone=cleaned.get("phone", ""),
+                evidence=person,
+            )
+        detail = (
+            "Signed up: a double opt-in email asks them to confirm."
+            if signup_form.double_opt_in
+            else "Signed up."
+        )
+        return Response(
+            {"detail": detail, "double_opt_in": signup_form.double_opt_in},
+            status=status.HTTP_202_ACCEPTED,
+        )

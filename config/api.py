@@ -8,7 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
-from audience.api import ContactViewSet, TagViewSet
+from audience.api import ContactViewSet, SignupViewSet, TagViewSet
 from campaigns.api import CampaignViewSet
 from config.api_access import BearerTokenAuthentication
 
@@ -34,6 +34,7 @@ router = SimpleRouter()
 router.trailing_slash = "/?"
 router.register("contacts", ContactViewSet, basename="contact")
 router.register("tags", TagViewSet, basename="tag")
+router.register("signups", SignupViewSet, basename="signup")
 router.register("campaigns", CampaignViewSet, basename="campaign")
 
 
