@@ -859,7 +859,15 @@ def tag_get_or_create(*, name: str) -> Tag:
     if not name:
         raise ValidationError({"tag": "Name the tag."})
     tag = Tag.objects.filter(name__iexact=name).first()
-    return tag or Tag.objects.create(name=name)
+    if tag is not None:
+        return tag
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction goes on
+            return Tag.objects.create(name=name)
+    except IntegrityError:
+        # Made meanwhile by a concurrent call (two API calls naming one new tag): our
+        # insert waited for its commit. Use that one.
+        return Tag.objects.get(name__iexact=name)
 
 
 def contacts_tag(*, contacts: QuerySet[Contact], tag: Tag) -> int:

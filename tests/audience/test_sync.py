@@ -16,8 +16,8 @@ from django.test import TestCase
 from django.utils import timezone
 
 from audience.consent import Ask
-from audience.models import ConsentEvent, Contact, Store, SuppressedEmail
-from audience.services import Evidence, contact_erase, contact_unsubscribe
+from audience.models import ConsentEvent, Contact, Store, SuppressedEmail, Tag
+from audience.services import Evidence, contact_erase, contact_unsubscribe, tag_get_or_create
 from audience.sync import Record, SmsState, contact_sync
 from tests.factories import ContactFactory, TagFactory
 from tests.polling import wait_for
@@ -272,3 +272,46 @@ def test_two_first_statements_racing_about_one_new_address_make_one_contact_with
     assert [e.status_after for e in contact.consent_events.order_by("id")] == [
         Status.PENDING, Status.SUBSCRIBED,
     ]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="SQLite has one writer at a time: two creates cannot be in flight at once",
+)
+@pytest.mark.django_db(transaction=True)
+def test_two_calls_naming_one_new_tag_at_once_share_it():
+    """Two API upserts tagging with a tag nobody has yet: the second's insert waits on
+    the first's, then uses the tag the first made instead of failing."""
+    results, errors = {}, []
+    first_made, first_may_commit = threading.Event(), threading.Event()
+
+    def first():
+        try:
+            with transaction.atomic():
+                results["first"] = tag_get_or_create(name="Launch")
+                first_made.set()
+                first_may_commit.wait(10)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def second():
+        try:
+            results["second"] = tag_get_or_create(name="launch")
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert first_made.wait(10)
+    threads[1].start()
+    assert wait_for(_blocked_on_a_lock, timeout=10)
+    first_may_commit.set()
+    for thread in threads:
+        thread.join(15)
+    assert errors == []
+    assert results["first"].pk == results["second"].pk
+    assert list(Tag.objects.values_list("name", flat=True)) == ["Launch"]
